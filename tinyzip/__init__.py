@@ -1,0 +1,1 @@
+"""tinyzip: lossless compression with a small domain transformer and online context mixing."""
