@@ -15,6 +15,9 @@ from typing import Any
 #: 2**24: K * 127 * 127 < 2**24 gives K <= 1040 (notes/feasibility.md section 2).
 MAX_EXACT_K = 2**24 // (127 * 127)
 
+#: Longest attention window (see the int64 bound on ALiBi terms in __post_init__).
+MAX_WINDOW = 8192
+
 #: ALiBi slopes are 2**(-8 (h + 1) / n_heads); they are powers of two (exact in
 #: fixed point) only when n_heads divides 8.
 _ALIBI_HEADS = (1, 2, 4, 8)
@@ -67,6 +70,10 @@ class ModelConfig:
                             ("--d-ff", self.d_ff), ("--window", self.window)):
             if value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        # ALiBi terms are distance * slope in int64 fixed point (< 2**48 each): the window
+        # bound keeps their product below 2**61.
+        if self.window > MAX_WINDOW:
+            raise ValueError(f"--window must be <= {MAX_WINDOW}, got {self.window}")
         if self.n_heads not in _ALIBI_HEADS:
             raise ValueError(f"--n-heads must be one of {_ALIBI_HEADS}, got {self.n_heads}")
         if self.d_model % self.n_heads:

@@ -28,9 +28,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from tinyzip.model.config import ModelConfig
+from torch import Tensor, nn
 
 #: int8 range used everywhere; -128 is never produced so that negation stays in range.
 QMAX = 127

@@ -1,0 +1,372 @@
+"""The integer engine: checkpoint + preceding tokens -> integer frequency tables (numpy).
+
+This is the only code that computes the transformer's frequency tables; encoder,
+decoder, export's bpb check and the benchmarks all call it. Every value it computes is
+an integer (held in int64 arrays), so the tables are a pure function of the checkpoint
+bytes and the tokens, whatever the thread count, batch size, BLAS or mode:
+
+- matmuls run in float32 on int8-valued operands, exact because every partial sum
+  stays below 2**24 (K * 127 * 127 < 2**24 for K <= 1040, checked by ModelConfig; for
+  P @ V the Q16 probabilities of a row sum to at most 2**16, so the sum of |P v| is at
+  most 127 * 2**16 < 2**24 whatever the window);
+- every rescaling is ``(acc * mult + 2**(shift-1)) >> shift`` with integer mult/shift
+  from the checkpoint, never a float multiply;
+- exp is a lookup table from the checkpoint, the norm's square root an integer
+  Newton iteration; no float transcendental is called anywhere in this file.
+
+Two modes, identical by construction (docs/numerics.md):
+``tables_parallel`` runs whole sequences with a banded causal mask (the encoder);
+``step`` runs one token per stream with a ring-buffer KV cache of W slots (the decoder).
+Both reduce the same keys with the same integer operations; keys outside the window
+get weight exactly 0, which adds exactly 0 to the exact sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tinyzip.model.checkpoint import Checkpoint
+from tinyzip.model.config import ModelConfig
+
+from tinyzip.errors import UsageError
+
+I64 = np.int64
+#: int8 activations use -127..127 (see checkpoint validation).
+QMAX = 127
+#: The residual stream is clipped to +-2**26 so that a sum of squares over d_model
+#: <= 1040 entries stays below 2**63.
+RES_LIMIT = 2**26
+#: Norm: x / rms is formed in Q20 from a Q40 reciprocal (|x * inv| < 2**46).
+NORM_FRAC_BITS = 20
+_INV_BITS = 40
+#: Attention probabilities are Q16 (P = floor(e * floor(2**48 / Z) / 2**32)).
+PROB_BITS = 16
+#: Parallel mode bounds its (B, H, Q, K) score blocks to about this many entries.
+_BLOCK_ELEMS = 1 << 21
+
+Gemm = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _requant(acc: np.ndarray, mult: np.ndarray, shift: int) -> np.ndarray:
+    """Round-half-up fixed-point rescale: (acc * mult + 2**(shift-1)) >> shift (int64)."""
+    return (acc * mult + (1 << (shift - 1))) >> shift
+
+
+def _clip8(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, -QMAX, QMAX)
+
+
+def isqrt(n: np.ndarray) -> np.ndarray:
+    """floor(sqrt(n)) for int64 n >= 1, elementwise, in integer arithmetic only.
+
+    Starts at 2**ceil(bitlen/2) (at most twice the root, found by a binary search on
+    the bit length) and runs integer Newton steps, which decrease monotonically to
+    floor(sqrt(n)); 7 steps suffice from within a factor 2 for n < 2**63.
+    """
+    m = n.copy()
+    bitlen = np.ones_like(n)
+    for s in (32, 16, 8, 4, 2, 1):
+        big = (m >> s) > 0
+        bitlen += np.where(big, s, 0)
+        m = np.where(big, m >> s, m)
+    x = np.left_shift(np.ones_like(n), (bitlen + 1) >> 1)
+    for _ in range(7):
+        x = np.minimum(x, (x + n // x) >> 1)
+    return np.where(x * x > n, x - 1, x)
+
+
+def _numpy_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(a, b)
+
+
+def _torch_gemm() -> Gemm:
+    """float32 GEMM through torch (same exact results: the operands are int8-valued)."""
+    import torch  # only with backend="torch"; the default path never imports torch
+
+    def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        out: np.ndarray = torch.matmul(torch.from_numpy(np.ascontiguousarray(a)),
+                                       torch.from_numpy(np.ascontiguousarray(b))).numpy()
+        return out
+
+    return gemm
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """An int8 linear layer ready for the engine: float32 (K, N) weight + requant."""
+
+    weight_t: np.ndarray
+    """(K, N) float32 holding the int8 weights transposed (x @ weight_t)."""
+    mult: np.ndarray
+    """(N,) int64 per-output-channel multipliers."""
+    shift: int
+    """Right shift after the multiply."""
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """A requantisation pair without a matmul (norms, scores, P @ V, embedding)."""
+
+    mult: np.ndarray
+    """(N,) or (1,) int64 multipliers."""
+    shift: int
+    """Right shift after the multiply."""
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One block's tensors."""
+
+    norm1: _Scale
+    """RMSNorm 1 gain: Q20 x/rms -> int8 input of qkv."""
+    qkv: _Linear
+    """-> int8 q, k, v (3C channels)."""
+    score: _Scale
+    """q.k -> logits in 2**-exp_frac_bits nats (1/sqrt(hd) folded in)."""
+    alibi: np.ndarray
+    """(H, 1, 1) int64 per-head slope in the score's pre-shift fixed point."""
+    pv: _Scale
+    """Q16 P @ V -> int8 input of proj."""
+    proj: _Linear
+    """-> residual units."""
+    norm2: _Scale
+    """RMSNorm 2 gain -> int8 input of fc."""
+    fc: _Linear
+    """-> int8 hidden, ReLU = clip at 0."""
+    down: _Linear
+    """MLP proj -> residual units."""
+
+
+class Engine:
+    """Integer transformer inference over a checkpoint: tables for B streams.
+
+    Token ids 0..V-1 are symbols; ``bos`` (= V) is fed before each stream's first symbol.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy") -> None:
+        if backend == "numpy":
+            self._gemm: Gemm = _numpy_gemm
+        elif backend == "torch":
+            self._gemm = _torch_gemm()
+        else:
+            raise UsageError(f"engine backend must be 'numpy' or 'torch', got {backend!r}")
+        self.backend = backend
+        self.checkpoint = checkpoint
+        self.config: ModelConfig = checkpoint.config
+        self.n_symbols = self.config.vocab_size
+        self.freq_bits = self.config.freq_bits
+        self.bos = self.config.bos_id
+        t = checkpoint.tensors
+
+        def scale(name: str) -> _Scale:
+            return _Scale(t[f"{name}.mult"].astype(I64), int(t[f"{name}.shift"][0]))
+
+        def linear(name: str) -> _Linear:
+            w = np.ascontiguousarray(t[f"{name}.weight"].T.astype(np.float32))
+            s = scale(name)
+            return _Linear(w, s.mult, s.shift)
+
+        self._emb_weight = t["tok_emb.weight"].astype(I64)  # (V+1, C)
+        self._emb = scale("tok_emb")
+        self._layers = [
+            _Layer(
+                norm1=scale(f"blocks.{i}.norm1"), qkv=linear(f"blocks.{i}.attn.qkv"),
+                score=scale(f"blocks.{i}.attn.score"),
+                alibi=t[f"blocks.{i}.attn.alibi"].astype(I64)[:, None, None],
+                pv=scale(f"blocks.{i}.attn.pv"), proj=linear(f"blocks.{i}.attn.proj"),
+                norm2=scale(f"blocks.{i}.norm2"), fc=linear(f"blocks.{i}.mlp.fc"),
+                down=linear(f"blocks.{i}.mlp.proj"),
+            )
+            for i in range(self.config.n_layers)
+        ]
+        self._norm_f = scale("norm_f")
+        self._head = linear("head")
+        self._lut = t["exp_lut"].astype(I64)
+        self._lut_last = self._lut.size - 1  # value 0: masked keys land here
+        self._k_cache: list[np.ndarray] = []
+        self._v_cache: list[np.ndarray] = []
+        self._slot_pos = np.zeros(0, dtype=I64)
+        self._t = 0
+        self._n_streams = 0
+
+    # ---- integer building blocks -------------------------------------------------
+
+    def _matmul(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
+        """(..., K) int8-valued int64 -> (..., N) int64 accumulators (exact: K <= 1040)."""
+        lead = x.shape[:-1]
+        acc = self._gemm(x.reshape(-1, x.shape[-1]).astype(np.float32), lin.weight_t)
+        return acc.astype(I64).reshape(*lead, -1)
+
+    def _linear(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
+        return _requant(self._matmul(x, lin), lin.mult, lin.shift)
+
+    def _norm(self, x: np.ndarray, s: _Scale) -> np.ndarray:
+        """RMSNorm on the integer residual (..., C) -> int8-valued (..., C)."""
+        c = x.shape[-1]
+        ms = (x * x).sum(axis=-1, keepdims=True) // c + 1  # +1 = eps of the float model
+        inv = (1 << _INV_BITS) // isqrt(ms)  # Q40 reciprocal of the rms
+        y = (x * inv) >> (_INV_BITS - NORM_FRAC_BITS)  # x / rms in Q20
+        return _clip8(_requant(y, s.mult, s.shift))
+
+    def _softmax_weights(self, z: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Unnormalised Q16 exp weights of logits z (..., K); invalid entries get 0."""
+        if valid is not None:
+            z_max = np.where(valid, z, np.iinfo(I64).min).max(axis=-1, keepdims=True)
+            d = np.where(valid, z_max - z, self._lut_last)
+        else:
+            d = z.max(axis=-1, keepdims=True) - z
+        return self._lut[np.minimum(d, self._lut_last)]
+
+    def _attend(self, layer: _Layer, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                dist: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """q (B, H, Q, hd), k and v (B, H, K, hd) int8-valued; dist, valid (Q, K) or
+        broadcastable -> int8-valued attention output (B, H, Q, hd).
+
+        The same code serves both modes: only which keys are present and how they are
+        ordered differs, and every reduction below is exact integer arithmetic (the
+        float32 matmuls included), so order and masked keys (weight 0) do not matter.
+        """
+        scores = self._gemm(q.astype(np.float32), np.swapaxes(k, -1, -2).astype(np.float32))
+        # logits in 2**-f nats: q.k * (scale / sqrt(hd)) - slope_h * distance, one shift
+        z = (scores.astype(I64) * layer.score.mult - dist * layer.alibi
+             + (1 << (layer.score.shift - 1))) >> layer.score.shift  # (B, H, Q, K)
+        e = self._softmax_weights(z, valid)
+        # Q16 probabilities via one reciprocal per row; e <= 2**16 <= Z, so e * R < 2**49
+        # and a row's P sums to at most 2**16.
+        recip = (1 << (2 * PROB_BITS + 16)) // e.sum(axis=-1, keepdims=True)
+        p = (e * recip) >> (PROB_BITS + 16)
+        out = self._gemm(p.astype(np.float32), v.astype(np.float32)).astype(I64)
+        return _clip8(_requant(out, layer.pv.mult, layer.pv.shift))
+
+    def _embed(self, tokens: np.ndarray) -> np.ndarray:
+        """(...) ids -> (..., C) residual."""
+        return _requant(self._emb_weight[tokens], self._emb.mult[tokens][..., None],
+                        self._emb.shift)
+
+    def _mlp_residual(self, layer: _Layer, x: np.ndarray) -> np.ndarray:
+        h = np.clip(self._linear(self._norm(x, layer.norm2), layer.fc), 0, QMAX)  # ReLU
+        return np.clip(x + self._linear(h, layer.down), -RES_LIMIT, RES_LIMIT)
+
+    def _split_heads(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, T, 3C) -> q, k, v each (B, H, T, hd)."""
+        b, t, _ = y.shape
+        h, hd = self.config.n_heads, self.config.head_dim
+        qkv = y.reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def _tables(self, x: np.ndarray) -> np.ndarray:
+        """Final norm + head + integer softmax: residual (..., C) -> (..., V) uint32.
+
+        Each symbol gets 1 + floor(e * (2**16 - V) / Z) so that any symbol stays
+        codable; the remainder (>= 0, since the floors sum to at most 2**16 - V) goes
+        to the first most likely symbol, making every row sum to exactly 2**16.
+        """
+        z = self._linear(self._norm(x, self._norm_f), self._head)  # (..., V)
+        e = self._softmax_weights(z, None)
+        total = 1 << self.freq_bits
+        budget = total - self.n_symbols
+        recip = (budget << 32) // e.sum(axis=-1, keepdims=True)
+        freq = 1 + ((e * recip) >> 32)
+        rest = total - freq.sum(axis=-1)
+        top = np.argmax(z, axis=-1)[..., None]
+        np.put_along_axis(freq, top, np.take_along_axis(freq, top, -1) + rest[..., None], -1)
+        return freq.astype(np.uint32)
+
+    # ---- parallel mode (encoder) -------------------------------------------------
+
+    def tables_parallel(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens (B, T) symbols -> (B, T, V) uint32 tables; row t codes tokens[:, t]
+        given BOS and tokens[:, :t] (the last W - 1 of them, as in step mode)."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2:
+            raise UsageError(f"tables_parallel wants (B, T) tokens, got shape {tokens.shape}")
+        self._check_ids(tokens, allow_bos=False)
+        b, t = tokens.shape
+        inputs = np.concatenate([np.full((b, 1), self.bos, dtype=I64),
+                                 tokens[:, :-1].astype(I64)], axis=1)  # (B, T)
+        if t == 0:
+            return np.zeros((b, 0, self.n_symbols), dtype=np.uint32)
+        x = self._embed(inputs)  # (B, T, C)
+        w = self.config.window
+        for layer in self._layers:
+            q, k, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
+                                                            layer.qkv)))
+            out = np.empty_like(q)  # (B, H, T, hd)
+            q_block = min(t, w)
+            for s in range(0, t, q_block):
+                e_ = min(t, s + q_block)
+                ks = max(0, s - w + 1)  # first key any query of the block can see
+                pos_q = np.arange(s, e_, dtype=I64)[:, None]
+                pos_k = np.arange(ks, e_, dtype=I64)[None, :]
+                dist = pos_q - pos_k  # (Q, K)
+                valid = (dist >= 0) & (dist < w)  # the banded causal mask
+                # bound the (b, H, Q, K) temporaries by splitting the batch
+                per_row = self.config.n_heads * (e_ - s) * (e_ - ks)
+                step = max(1, _BLOCK_ELEMS // per_row)
+                for b0 in range(0, b, step):
+                    sl = slice(b0, b0 + step)
+                    out[sl, :, s:e_] = self._attend(layer, q[sl, :, s:e_], k[sl, :, ks:e_],
+                                                    v[sl, :, ks:e_], dist, valid)
+            o = out.transpose(0, 2, 1, 3).reshape(b, t, -1)  # (B, T, C)
+            x = np.clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
+            x = self._mlp_residual(layer, x)
+        return self._tables(x)
+
+    # ---- step mode (decoder) -----------------------------------------------------
+
+    def reset(self, n_streams: int) -> None:
+        """Start ``n_streams`` new streams: empty KV caches, position 0."""
+        if n_streams < 0:
+            raise UsageError(f"n_streams must be >= 0, got {n_streams}")
+        c = self.config
+        shape = (n_streams, c.n_heads, c.window, c.head_dim)
+        # caches hold int8 values as float32, ready for the exact matmuls
+        self._k_cache = [np.zeros(shape, dtype=np.float32) for _ in self._layers]
+        self._v_cache = [np.zeros(shape, dtype=np.float32) for _ in self._layers]
+        self._slot_pos = np.full(c.window, -1, dtype=I64)  # position held by each slot
+        self._t = 0
+        self._n_streams = n_streams
+
+    @property
+    def position(self) -> int:
+        """Number of tokens each stream has been fed since ``reset``."""
+        return self._t
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Feed one token to each of the first n streams: (n,) ids (``bos`` first) ->
+        (n, V) uint32 tables for each stream's next symbol.
+
+        All streams advance in lockstep (one shared position); n may shrink between
+        steps (finished streams drop off the end) but not exceed the ``reset`` count.
+        """
+        tokens = np.asarray(tokens).astype(I64).reshape(-1)
+        n = tokens.shape[0]
+        if n > self._n_streams:
+            raise UsageError(f"step got {n} tokens, reset() started {self._n_streams} streams")
+        self._check_ids(tokens, allow_bos=True)
+        w = self.config.window
+        slot = self._t % w  # the ring buffer overwrites the key that just left the window
+        self._slot_pos[slot] = self._t
+        dist = (self._t - self._slot_pos)[None, :]  # (1, W)
+        valid = self._slot_pos >= 0  # unfilled slots (t < W - 1) are masked
+        x = self._embed(tokens[:, None])  # (n, 1, C)
+        for layer, k_cache, v_cache in zip(self._layers, self._k_cache, self._v_cache,
+                                           strict=True):
+            q, k, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
+                                                            layer.qkv)))  # (n, H, 1, hd)
+            k_cache[:n, :, slot] = k[:, :, 0]
+            v_cache[:n, :, slot] = v[:, :, 0]
+            o = self._attend(layer, q, k_cache[:n], v_cache[:n], dist, valid[None, :])
+            o = o.transpose(0, 2, 1, 3).reshape(n, 1, -1)  # (n, 1, C)
+            x = np.clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
+            x = self._mlp_residual(layer, x)
+        self._t += 1
+        return self._tables(x[:, 0])
+
+    def _check_ids(self, tokens: np.ndarray, *, allow_bos: bool) -> None:
+        top = self.bos if allow_bos else self.bos - 1
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > top):
+            raise UsageError(f"token ids must be in 0..{top}, got "
+                             f"{int(tokens.min())}..{int(tokens.max())}")

@@ -1,0 +1,76 @@
+"""TransformerPredictor: the integer engine behind the container's Predictor protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tinyzip.model.checkpoint import Checkpoint
+from tinyzip.model.engine import Engine
+from tinyzip.model.predictor import Predictor
+
+from tinyzip.errors import UsageError
+
+
+class TransformerPredictor(Predictor):
+    """Tables of a frozen checkpoint for B lockstep streams (step mode of the engine).
+
+    There is no adaptive state: ``reset`` and ``begin`` both start from the checkpoint
+    alone, and a stream's tables depend only on its own preceding symbols.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy") -> None:
+        self.checkpoint = checkpoint
+        self.engine = Engine(checkpoint, backend=backend)
+        self.name = checkpoint.name
+        self.n_symbols = checkpoint.config.vocab_size
+        self.freq_bits = checkpoint.config.freq_bits
+        self._inputs = np.zeros(0, dtype=np.int64)
+        self._predicted: int | None = None  # n_active of a predict awaiting its update
+        self._bytes = checkpoint.tokenizer_table == tuple(bytes([i]) for i in range(256))
+
+    def descriptor(self) -> dict[str, Any]:
+        return {"name": "transformer", "model_id": self.checkpoint.model_id_hex,
+                "name_hint": self.checkpoint.name}
+
+    @property
+    def model_id(self) -> bytes:
+        """SHA-256 of the checkpoint file (not of the descriptor)."""
+        return self.checkpoint.model_id
+
+    def reset(self) -> None:
+        self.begin(0)
+
+    def begin(self, n_streams: int) -> None:
+        self.engine.reset(n_streams)
+        # every stream's first input is BOS; afterwards its previous symbol
+        self._inputs = np.full(n_streams, self.engine.bos, dtype=np.int64)
+        self._predicted = None
+
+    def predict(self, n_active: int) -> np.ndarray:
+        if self._predicted is not None:
+            raise UsageError("predict() called twice without update()")
+        if not 0 <= n_active <= self._inputs.shape[0]:
+            raise UsageError(f"n_active {n_active} outside 0..{self._inputs.shape[0]}")
+        self._predicted = n_active
+        return self.engine.step(self._inputs[:n_active])
+
+    def update(self, symbols: np.ndarray) -> None:
+        symbols = np.asarray(symbols, dtype=np.int64).reshape(-1)
+        if self._predicted is None or symbols.shape[0] != self._predicted:
+            raise UsageError(f"update() wants the {self._predicted} symbols of the last "
+                             f"predict(), got {symbols.shape[0]}")
+        self._inputs[: symbols.shape[0]] = symbols
+        self._predicted = None
+
+    def to_symbols(self, raw: bytes) -> np.ndarray:
+        if not self._bytes:
+            raise UsageError(f"checkpoint {self.name} has a {self.n_symbols}-symbol BPE "
+                             "vocabulary; its tokenizer is not wired into the predictor yet")
+        return super().to_symbols(raw)
+
+    def from_symbols(self, symbols: np.ndarray) -> bytes:
+        if self._bytes:
+            return super().from_symbols(symbols)
+        table = self.checkpoint.tokenizer_table
+        return b"".join(table[int(s)] for s in np.asarray(symbols).reshape(-1))
