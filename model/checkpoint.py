@@ -104,24 +104,26 @@ def exp_lut(frac_bits: int) -> np.ndarray:
     return np.asarray(values, dtype=np.int32)
 
 
-def requant_params(factor: np.ndarray | float) -> tuple[np.ndarray, int]:
-    """Integer multipliers and one shift with ``mult * 2**-shift ~= factor`` (factor >= 0).
+def requant_params(factor: np.ndarray | float, *, max_shift: int = 62
+                   ) -> tuple[np.ndarray, int]:
+    """Integer multipliers and one shift with ``mult * 2**-shift ~= factor``.
 
-    The shift is the largest that keeps every mult below 2**30 (most precision), so the
-    engine's ``(acc * mult + 2**(shift-1)) >> shift`` never leaves int64 for |acc| < 2**32.
+    The shift is the largest (at most ``max_shift``) that keeps every |mult| below
+    2**30, so the engine's ``(acc * mult + 2**(shift-1)) >> shift`` never leaves int64
+    for |acc| < 2**32. Factors may be negative (a norm gain can be).
     """
     f = np.atleast_1d(np.asarray(factor, dtype=np.float64))
-    if not np.all(np.isfinite(f)) or np.any(f < 0):
-        raise ValueError(f"requantisation factors must be finite and >= 0, got {f}")
-    top = float(f.max())
+    if not np.all(np.isfinite(f)):
+        raise ValueError(f"requantisation factors must be finite, got {f}")
+    top = float(np.abs(f).max())
     if top == 0.0:
         return np.zeros(f.shape, dtype=np.int32), MULT_BITS
     _, exponent = np.frexp(top)  # top < 2**exponent
-    shift = MULT_BITS - int(exponent)
+    shift = min(MULT_BITS - int(exponent), max_shift)
     if not 1 <= shift <= 62:
         raise ValueError(f"requantisation factor {top} out of the fixed-point range")
-    mult = np.rint(f * 2.0**shift).astype(np.int64)
-    return np.minimum(mult, 2**MULT_BITS - 1).astype(np.int32), shift
+    mult = np.clip(np.rint(f * 2.0**shift), -(2**MULT_BITS - 1), 2**MULT_BITS - 1)
+    return mult.astype(np.int32), shift
 
 
 def _scaled_pair(name: str, shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -250,9 +252,9 @@ def _validate(tensors: Mapping[str, np.ndarray], config: ModelConfig, where: str
         # for exact float32 sums use 127).
         if dtype == "int8" and t.size and int(t.min()) < -127:
             raise CheckpointError(f"{where}: tensor {name} holds -128")
-        if name.endswith(".mult") and t.size and (int(t.min()) < 0 or
-                                                  int(t.max()) >= 2**MULT_BITS):
-            raise CheckpointError(f"{where}: tensor {name} outside 0..2**{MULT_BITS}-1")
+        if name.endswith(".mult") and t.size and int(np.abs(t.astype(np.int64)).max()) >= \
+                2**MULT_BITS:
+            raise CheckpointError(f"{where}: tensor {name} has |mult| >= 2**{MULT_BITS}")
         if name.endswith(".shift") and not 1 <= int(t[0]) <= 62:
             raise CheckpointError(f"{where}: tensor {name} = {int(t[0])} outside 1..62")
         if name.endswith(".alibi") and t.size and (int(t.min()) < 0 or int(t.max()) >= 2**48):
