@@ -1,0 +1,271 @@
+"""Coding one frame: split into B streams, code them in lockstep, keep each chunk's best mode.
+
+A frame of raw bytes is cut into B contiguous streams (chunks). All streams step
+through the predictor together (the lockstep protocol of ``model/predictor.py``);
+each chunk is then kept in the smallest of its modes: the predictor's rANS
+payload, zstd, or stored. Chunks stored or zstd-coded still step through the
+predictor in the decoder (their symbols are known before the loop starts), so
+the predictor's state never depends on which mode a chunk got.
+
+The predictor runs on a frame if and only if at least one of its chunks is in
+model mode; an encoder that ran it and then chose no model chunk restores the
+state it had before the frame, so encoder and decoder stay in step.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import zstandard
+
+from tinyzip.coder.container import Chunk, ChunkMode, FrameHeader
+from tinyzip.coder.rans import StreamDecoder, encode_streams, symbol_ranges
+from tinyzip.errors import CorruptInputError
+from tinyzip.model.predictor import Predictor
+
+#: zstd level of the per-chunk fallback (strong: the model path is far slower anyway).
+ZSTD_LEVEL = 19
+#: zstd level of the quick probe that decides whether running the model can pay.
+PROBE_LEVEL = 3
+
+#: Called with the number of steps done and the total, for progress bars.
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class FramePolicy:
+    """Encoder-only choices; the decoder reads everything it needs from the frame header."""
+
+    max_streams: int = 64
+    """Most streams (chunks) per frame: more streams decode faster, fewer learn more per stream."""
+    min_stream_bytes: int = 4096
+    """Fewest raw bytes per stream; small frames get fewer streams."""
+    skip_below_ratio: float = 1 / 64
+    """Frames that zstd already shrinks below this ratio are left to zstd (runs, padding)."""
+    skip_above_ratio: float = 0.97
+    """Frames that zstd cannot shrink below this ratio are treated as incompressible."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_streams <= 4096:
+            raise ValueError(f"--streams must be in 1..4096, got {self.max_streams}")
+        if self.min_stream_bytes < 1:
+            raise ValueError(f"min_stream_bytes must be >= 1, got {self.min_stream_bytes}")
+
+
+def split_streams(n_bytes: int, n_streams: int) -> list[int]:
+    """Lengths of n_streams contiguous streams covering n_bytes, longest first."""
+    base, extra = divmod(n_bytes, n_streams)
+    return [base + 1] * extra + [base] * (n_streams - extra)
+
+
+def lockstep_order(n_symbols: list[int]) -> np.ndarray:
+    """Stream indices sorted by non-increasing symbol count (ties by index): the active
+    streams of every step are then a prefix, as the predictor protocol requires."""
+    return np.argsort(-np.asarray(n_symbols, dtype=np.int64), kind="stable")
+
+
+def _active_counts(lengths_sorted: np.ndarray, n_steps: int) -> np.ndarray:
+    """(n_steps,) how many streams (a prefix, lengths sorted non-increasing) are active at step t."""
+    steps = np.arange(n_steps)
+    # lengths_sorted is non-increasing: count of lengths > t.
+    return np.searchsorted(-lengths_sorted, -steps, side="left").astype(np.int64)
+
+
+def _zstd(raw: bytes, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level).compress(raw)
+
+
+class FrameEncoder:
+    """Encodes frames for one archive; holds the predictor whose state carries across frames."""
+
+    def __init__(self, predictor: Predictor | None, policy: FramePolicy | None = None) -> None:
+        self.predictor = predictor
+        self.policy = policy or FramePolicy()
+
+    def _whole_frame(self, raw: bytes, packed: bytes | None = None) -> tuple[FrameHeader, list[bytes]]:
+        """The frame as one chunk, zstd or stored, without running the predictor."""
+        packed = packed if packed is not None else _zstd(raw, ZSTD_LEVEL)
+        # n_symbols is 0 in frames that do not run the predictor (docs/format.md).
+        if len(packed) < len(raw):
+            chunk = Chunk(ChunkMode.ZSTD, len(raw), 0, len(packed), zlib.crc32(raw))
+            return FrameHeader(len(raw), (chunk,)), [packed]
+        chunk = Chunk(ChunkMode.STORED, len(raw), 0, len(raw), zlib.crc32(raw))
+        return FrameHeader(len(raw), (chunk,)), [raw]
+
+    def encode(self, raw: bytes, on_step: StepCallback | None = None) -> bytes:
+        """Frame header plus payloads for ``raw`` (1 <= len(raw) <= the archive's frame size)."""
+        header, payloads = self.encode_parts(raw, on_step)
+        return header.to_bytes() + b"".join(payloads)
+
+    def encode_parts(
+        self, raw: bytes, on_step: StepCallback | None = None
+    ) -> tuple[FrameHeader, list[bytes]]:
+        if self.predictor is None:
+            return self._whole_frame(raw)
+        probe = len(_zstd(raw, PROBE_LEVEL)) / len(raw)
+        if probe < self.policy.skip_below_ratio or probe > self.policy.skip_above_ratio:
+            return self._whole_frame(raw)
+
+        n_streams = max(1, min(self.policy.max_streams, len(raw) // self.policy.min_stream_bytes))
+        stream_lens = split_streams(len(raw), n_streams)
+        offsets = np.concatenate([[0], np.cumsum(stream_lens)])
+        streams = [raw[offsets[i] : offsets[i + 1]] for i in range(n_streams)]
+
+        snapshot = copy.deepcopy(self.predictor)
+        model_payloads = self._model_payloads(streams, on_step)
+
+        chunks: list[Chunk] = []
+        payloads: list[bytes] = []
+        for stream, (n_sym, coded) in zip(streams, model_payloads):
+            crc = zlib.crc32(stream)
+            packed = _zstd(stream, ZSTD_LEVEL)
+            # Smallest wins; ties go to the cheaper-to-decode mode.
+            if len(stream) <= min(len(coded), len(packed)):
+                chunks.append(Chunk(ChunkMode.STORED, len(stream), n_sym, len(stream), crc))
+                payloads.append(stream)
+            elif len(packed) <= len(coded):
+                chunks.append(Chunk(ChunkMode.ZSTD, len(stream), n_sym, len(packed), crc))
+                payloads.append(packed)
+            else:
+                chunks.append(Chunk(ChunkMode.MODEL, len(stream), n_sym, len(coded), crc))
+                payloads.append(coded)
+        if not any(c.mode == ChunkMode.MODEL for c in chunks):
+            # The decoder will not run the predictor on this frame: forget what it learned.
+            self.predictor = snapshot
+            return self._whole_frame(raw)
+        return FrameHeader(len(raw), tuple(chunks)), payloads
+
+    def _model_payloads(
+        self, streams: list[bytes], on_step: StepCallback | None
+    ) -> list[tuple[int, bytes]]:
+        """Run the lockstep loop over all streams; (n_symbols, rANS payload) per stream."""
+        predictor = self.predictor
+        assert predictor is not None
+        symbols = [predictor.to_symbols(s) for s in streams]
+        n_symbols = [len(s) for s in symbols]
+        order = lockstep_order(n_symbols)
+        lengths = np.asarray(n_symbols, dtype=np.int64)[order]
+        n_steps = int(lengths[0]) if len(lengths) else 0
+        grid = np.zeros((len(streams), n_steps), dtype=np.int64)  # (B, T) in lockstep order
+        for row, idx in enumerate(order):
+            grid[row, : lengths[row]] = symbols[idx]
+        active = _active_counts(lengths, n_steps)
+
+        starts = np.zeros((n_steps, len(streams)), dtype=np.uint32)  # (T, B)
+        freqs = np.zeros((n_steps, len(streams)), dtype=np.uint32)
+        predictor.begin(len(streams))
+        for t in range(n_steps):
+            n = int(active[t])
+            step_symbols = grid[:n, t]
+            tables = predictor.predict(n)
+            starts[t, :n], freqs[t, :n] = symbol_ranges(tables, step_symbols)
+            predictor.update(step_symbols)
+            if on_step is not None and (t & 4095) == 0:
+                on_step(t, n_steps)
+        coded_sorted = encode_streams(starts, freqs, lengths, freq_bits=predictor.freq_bits)
+        coded = [b""] * len(streams)
+        for row, idx in enumerate(order):
+            coded[idx] = coded_sorted[row]
+        return list(zip(n_symbols, coded))
+
+
+class FrameDecoder:
+    """Decodes frames for one archive, mirroring FrameEncoder's predictor state."""
+
+    def __init__(self, predictor: Predictor | None) -> None:
+        self.predictor = predictor
+
+    def decode(
+        self, frame: FrameHeader, payloads: list[bytes], on_step: StepCallback | None = None
+    ) -> bytes:
+        known: list[bytes | None] = []
+        for chunk, payload in zip(frame.chunks, payloads):
+            if chunk.mode == ChunkMode.STORED:
+                known.append(payload)
+            elif chunk.mode == ChunkMode.ZSTD:
+                known.append(_unzstd(payload, chunk.raw_len))
+            else:
+                known.append(None)
+        if any(k is None for k in known):
+            raws = self._decode_model(frame, payloads, known, on_step)
+        else:
+            raws = [k for k in known if k is not None]
+        for chunk, raw in zip(frame.chunks, raws):
+            if len(raw) != chunk.raw_len or zlib.crc32(raw) != chunk.crc32:
+                raise CorruptInputError("damaged archive: chunk checksum mismatch")
+        return b"".join(raws)
+
+    def _decode_model(
+        self,
+        frame: FrameHeader,
+        payloads: list[bytes],
+        known: list[bytes | None],
+        on_step: StepCallback | None,
+    ) -> list[bytes]:
+        predictor = self.predictor
+        if predictor is None:
+            raise CorruptInputError("damaged archive: model chunk in an archive without a model")
+        n_symbols = [c.n_symbols for c in frame.chunks]
+        for chunk in frame.chunks:
+            # Bound the loop and the symbol grid before allocating: no predictor emits more
+            # than 8 symbols per byte (bitwise) or fewer than one per 64 bytes (tokens).
+            if chunk.n_symbols > 8 * chunk.raw_len or chunk.n_symbols * 64 < chunk.raw_len:
+                raise CorruptInputError("damaged archive: implausible symbol count in chunk table")
+        known_symbols: dict[int, np.ndarray] = {}
+        for i, raw in enumerate(known):
+            if raw is not None:
+                sym = predictor.to_symbols(raw)
+                if len(sym) != n_symbols[i]:
+                    raise CorruptInputError("damaged archive: chunk symbol count mismatch")
+                known_symbols[i] = sym
+
+        order = lockstep_order(n_symbols)
+        lengths = np.asarray(n_symbols, dtype=np.int64)[order]
+        n_steps = int(lengths[0])
+        grid = np.zeros((len(order), n_steps), dtype=np.int64)  # (B, T) in lockstep order
+        model_rows = []
+        for row, idx in enumerate(order):
+            if idx in known_symbols:
+                grid[row, : lengths[row]] = known_symbols[idx]
+            else:
+                model_rows.append(row)
+        rows = np.asarray(model_rows, dtype=np.int64)  # model streams, in lockstep order
+        model_lengths = lengths[rows]
+        decoder = StreamDecoder(
+            [payloads[order[r]] for r in model_rows], freq_bits=predictor.freq_bits
+        )
+        active = _active_counts(lengths, n_steps)
+        model_active = _active_counts(model_lengths, n_steps)
+
+        predictor.begin(len(order))
+        for t in range(n_steps):
+            n = int(active[t])
+            tables = predictor.predict(n)
+            k = int(model_active[t])
+            if k:
+                sel = rows[:k]
+                grid[sel, t] = decoder.decode(tables[sel])
+            predictor.update(grid[:n, t])
+            if on_step is not None and (t & 4095) == 0:
+                on_step(t, n_steps)
+        decoder.finish()
+
+        raws: list[bytes] = [b""] * len(order)
+        for row, idx in enumerate(order):
+            raw = known[idx]
+            raws[idx] = raw if raw is not None else predictor.from_symbols(grid[row, : lengths[row]])
+        return raws
+
+
+def _unzstd(payload: bytes, raw_len: int) -> bytes:
+    try:
+        out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_len)
+    except zstandard.ZstdError as exc:
+        raise CorruptInputError(f"damaged archive: zstd chunk does not decode ({exc})") from exc
+    if len(out) != raw_len:
+        raise CorruptInputError("damaged archive: zstd chunk has the wrong length")
+    return out

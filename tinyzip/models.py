@@ -1,0 +1,191 @@
+"""Which predictor codes an archive: the choice at compression, the lookup at decompression.
+
+Model names a user can give (``-m/--model``):
+
+* ``cm`` (or ``cm:LEVEL``): the built-in adaptive context-mixing model, no checkpoint;
+* ``zstd``: no model at all, every frame is zstd or stored (fast, weakest);
+* a path to a ``.tzm`` checkpoint, or the name of a checkpoint shipped in
+  ``tinyzip.checkpoints`` (e.g. ``default``);
+* nothing: the shipped default checkpoint if there is one, else ``cm``.
+
+Decoding never reads a default that could drift: the archive's descriptor says
+which predictor and parameters were used, and a checkpoint is found by its
+SHA-256 id among the packaged checkpoints and the path given with ``-m``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinyzip.coder.archive import ModelResolver
+from tinyzip.errors import UsageError, WrongModelError
+from tinyzip.model.predictor import Predictor
+
+ModelSpec = str | os.PathLike[str] | Predictor | None
+
+#: Descriptor of archives coded without a model (zstd and stored frames only).
+NO_MODEL: dict[str, Any] = {"name": "zstd"}
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A resolved model: what codes the frames, and what the archive header records."""
+
+    predictor: Predictor | None
+    descriptor: dict[str, Any]
+    model_id: bytes
+    model_bytes: int
+    """Bytes a user must ship beside the decoder for this model (0 for built-ins)."""
+    label: str
+    """Human name for messages and ``tinyzip list``."""
+
+
+def _descriptor_id(descriptor: dict[str, Any]) -> bytes:
+    canonical = json.dumps(descriptor, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def packaged_checkpoints() -> dict[str, Path]:
+    """Name -> path of every .tzm shipped in tinyzip.checkpoints."""
+    found: dict[str, Path] = {}
+    root = resources.files("tinyzip.checkpoints")
+    for entry in root.iterdir():
+        if entry.name.endswith(".tzm"):
+            found[entry.name[: -len(".tzm")]] = Path(str(entry))
+    return found
+
+
+def _default_checkpoint() -> Path | None:
+    shipped = packaged_checkpoints()
+    for name, path in sorted(shipped.items()):
+        if name == "default" or name.startswith("default-"):
+            return path
+    return None
+
+
+def _context_mix(level: str | None) -> Predictor:
+    from tinyzip.model.context_mix import ContextMixPredictor
+
+    if level is None:
+        return ContextMixPredictor()
+    try:
+        return ContextMixPredictor(level=level)  # type: ignore[call-arg]
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"unknown model level {level!r} for cm: {exc}") from exc
+
+
+def _checkpoint_choice(path: Path) -> ModelChoice:
+    from tinyzip.model.engine import load_predictor  # lazy: only archives with a checkpoint
+
+    predictor = load_predictor(path)
+    return ModelChoice(
+        predictor=predictor,
+        descriptor=predictor.descriptor(),
+        model_id=predictor.model_id,
+        model_bytes=path.stat().st_size,
+        label=f"{predictor.name} ({path.name})",
+    )
+
+
+def choose_model(model: ModelSpec) -> ModelChoice:
+    """The model to compress with, from what a user or caller asked for."""
+    if isinstance(model, Predictor):
+        return ModelChoice(model, model.descriptor(), model.model_id, 0, model.name)
+    if model is None:
+        default = _default_checkpoint()
+        if default is not None:
+            return _checkpoint_choice(default)
+        model = "cm"
+    text = os.fspath(model)
+    if text == "zstd":
+        return ModelChoice(None, NO_MODEL, _descriptor_id(NO_MODEL), 0, "zstd")
+    if text == "cm" or text.startswith("cm:"):
+        predictor = _context_mix(text[3:] if text.startswith("cm:") else None)
+        return ModelChoice(predictor, predictor.descriptor(), predictor.model_id, 0, "cm")
+    shipped = packaged_checkpoints()
+    if text in shipped:
+        return _checkpoint_choice(shipped[text])
+    path = Path(text)
+    if not path.is_file():
+        names = ", ".join(["cm", "zstd", *sorted(shipped)])
+        raise UsageError(f"model {text!r} is neither a file nor a known model ({names})")
+    return _checkpoint_choice(path)
+
+
+def model_bytes(model: ModelSpec) -> int:
+    """Bytes of model a user ships beside the decoder (0 for the built-in predictors)."""
+    return choose_model(model).model_bytes
+
+
+def resolver(model_hint: ModelSpec = None) -> ModelResolver:
+    """A ModelResolver for ArchiveReader: builds the predictor an archive names."""
+
+    def resolve(descriptor: dict[str, Any], model_id: bytes) -> Predictor | None:
+        if isinstance(model_hint, Predictor) and model_hint.model_id == model_id:
+            return model_hint
+        name = descriptor.get("name")
+        if name == "zstd":
+            return None
+        if name == "cm":
+            from tinyzip.model.context_mix import from_descriptor
+
+            return from_descriptor(descriptor)
+        if name == "transformer":
+            return _find_checkpoint(descriptor, model_id, model_hint)
+        if isinstance(model_hint, Predictor):
+            raise WrongModelError(
+                f"archive needs model {name!r} ({model_id.hex()[:16]}), given {model_hint.name!r}"
+                f" ({model_hint.model_id.hex()[:16]})"
+            )
+        raise WrongModelError(
+            f"archive needs model {name!r} ({model_id.hex()[:16]}), unknown to this tinyzip"
+        )
+
+    return resolve
+
+
+def _find_checkpoint(
+    descriptor: dict[str, Any], model_id: bytes, model_hint: ModelSpec
+) -> Predictor:
+    from tinyzip.model.engine import load_predictor
+
+    wanted = model_id.hex()
+    label = descriptor.get("name_hint", "?")
+    if isinstance(model_hint, Predictor):
+        if model_hint.model_id != model_id:
+            raise WrongModelError(
+                f"archive needs model {label} ({wanted[:16]}), given {model_hint.name}"
+                f" ({model_hint.model_id.hex()[:16]})"
+            )
+        return model_hint
+    candidates: list[Path] = []
+    if model_hint is not None and os.fspath(model_hint) not in ("cm", "zstd"):
+        hint = Path(os.fspath(model_hint))
+        shipped = packaged_checkpoints()
+        candidates.append(shipped.get(str(model_hint), hint))
+    candidates += sorted(packaged_checkpoints().values())
+    for path in candidates:
+        if not path.is_file():
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest == wanted:
+            return load_predictor(path)
+    if model_hint is not None and os.fspath(model_hint) not in ("cm", "zstd"):
+        hint_path = Path(os.fspath(model_hint))
+        given = (
+            hashlib.sha256(hint_path.read_bytes()).hexdigest()[:16]
+            if hint_path.is_file()
+            else "missing"
+        )
+        raise WrongModelError(
+            f"archive needs model {label} ({wanted[:16]}), but {model_hint} is {given}"
+        )
+    raise WrongModelError(
+        f"archive needs model {label} ({wanted[:16]}), not found: pass it with -m PATH"
+    )
