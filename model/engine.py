@@ -25,10 +25,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tinyzip.model.checkpoint import Checkpoint
+from tinyzip.model.checkpoint import Checkpoint, load_checkpoint
 from tinyzip.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from tinyzip.model.transformer_predictor import TransformerPredictor
 
 from tinyzip.errors import UsageError
 
@@ -196,7 +201,8 @@ class Engine:
     def _matmul(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
         """(..., K) int8-valued int64 -> (..., N) int64 accumulators (exact: K <= 1040)."""
         lead = x.shape[:-1]
-        acc = self._gemm(x.reshape(-1, x.shape[-1]).astype(np.float32), lin.weight_t)
+        acc = self._gemm(x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False),
+                         lin.weight_t)
         return acc.astype(I64).reshape(*lead, -1)
 
     def _linear(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
@@ -219,16 +225,17 @@ class Engine:
             d = z.max(axis=-1, keepdims=True) - z
         return self._lut[np.minimum(d, self._lut_last)]
 
-    def _attend(self, layer: _Layer, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                dist: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """q (B, H, Q, hd), k and v (B, H, K, hd) int8-valued; dist, valid (Q, K) or
-        broadcastable -> int8-valued attention output (B, H, Q, hd).
+    def _attend(self, layer: _Layer, q: np.ndarray, k_t: np.ndarray, v: np.ndarray,
+                dist: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """q (B, H, Q, hd), k_t (B, H, hd, K), v (B, H, K, hd), all float32 holding int8
+        values; dist, valid (Q, K) or broadcastable (valid None: every key present)
+        -> int8-valued attention output (B, H, Q, hd) int64.
 
         The same code serves both modes: only which keys are present and how they are
         ordered differs, and every reduction below is exact integer arithmetic (the
         float32 matmuls included), so order and masked keys (weight 0) do not matter.
         """
-        scores = self._gemm(q.astype(np.float32), np.swapaxes(k, -1, -2).astype(np.float32))
+        scores = self._gemm(q, k_t)  # exact: |q.k| <= hd * 127**2 < 2**24
         # logits in 2**-f nats: q.k * (scale / sqrt(hd)) - slope_h * distance, one shift
         z = (scores.astype(I64) * layer.score.mult - dist * layer.alibi
              + (1 << (layer.score.shift - 1))) >> layer.score.shift  # (B, H, Q, K)
@@ -237,7 +244,7 @@ class Engine:
         # and a row's P sums to at most 2**16.
         recip = (1 << (2 * PROB_BITS + 16)) // e.sum(axis=-1, keepdims=True)
         p = (e * recip) >> (PROB_BITS + 16)
-        out = self._gemm(p.astype(np.float32), v.astype(np.float32)).astype(I64)
+        out = self._gemm(p.astype(np.float32), v).astype(I64)  # exact, see module doc
         return _clip8(_requant(out, layer.pv.mult, layer.pv.shift))
 
     def _embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -250,11 +257,15 @@ class Engine:
         return np.clip(x + self._linear(h, layer.down), -RES_LIMIT, RES_LIMIT)
 
     def _split_heads(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B, T, 3C) -> q, k, v each (B, H, T, hd)."""
+        """int8-valued (B, T, 3C) -> float32 q (B, H, T, hd), k_t (B, H, hd, T) and
+        v (B, H, T, hd), laid out for the score and P @ V matmuls."""
         b, t, _ = y.shape
         h, hd = self.config.n_heads, self.config.head_dim
-        qkv = y.reshape(b, t, 3, h, hd).transpose(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        qkv = y.astype(np.float32).reshape(b, t, 3, h, hd)
+        q = np.ascontiguousarray(qkv[:, :, 0].transpose(0, 2, 1, 3))
+        k_t = np.ascontiguousarray(qkv[:, :, 1].transpose(0, 2, 3, 1))
+        v = np.ascontiguousarray(qkv[:, :, 2].transpose(0, 2, 1, 3))
+        return q, k_t, v
 
     def _tables(self, x: np.ndarray) -> np.ndarray:
         """Final norm + head + integer softmax: residual (..., C) -> (..., V) uint32.
@@ -291,9 +302,9 @@ class Engine:
         x = self._embed(inputs)  # (B, T, C)
         w = self.config.window
         for layer in self._layers:
-            q, k, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
-                                                            layer.qkv)))
-            out = np.empty_like(q)  # (B, H, T, hd)
+            q, k_t, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
+                                                              layer.qkv)))
+            out = np.empty(q.shape, dtype=I64)  # (B, H, T, hd)
             q_block = min(t, w)
             for s in range(0, t, q_block):
                 e_ = min(t, s + q_block)
@@ -307,8 +318,9 @@ class Engine:
                 step = max(1, _BLOCK_ELEMS // per_row)
                 for b0 in range(0, b, step):
                     sl = slice(b0, b0 + step)
-                    out[sl, :, s:e_] = self._attend(layer, q[sl, :, s:e_], k[sl, :, ks:e_],
-                                                    v[sl, :, ks:e_], dist, valid)
+                    out[sl, :, s:e_] = self._attend(layer, q[sl, :, s:e_],
+                                                    k_t[sl, :, :, ks:e_], v[sl, :, ks:e_],
+                                                    dist, valid)
             o = out.transpose(0, 2, 1, 3).reshape(b, t, -1)  # (B, T, C)
             x = np.clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
             x = self._mlp_residual(layer, x)
@@ -321,10 +333,12 @@ class Engine:
         if n_streams < 0:
             raise UsageError(f"n_streams must be >= 0, got {n_streams}")
         c = self.config
-        shape = (n_streams, c.n_heads, c.window, c.head_dim)
-        # caches hold int8 values as float32, ready for the exact matmuls
-        self._k_cache = [np.zeros(shape, dtype=np.float32) for _ in self._layers]
-        self._v_cache = [np.zeros(shape, dtype=np.float32) for _ in self._layers]
+        # caches hold int8 values as float32, ready for the exact matmuls; keys are
+        # stored transposed (B, H, hd, W) so that q @ k_t needs no copy
+        k_shape = (n_streams, c.n_heads, c.head_dim, c.window)
+        v_shape = (n_streams, c.n_heads, c.window, c.head_dim)
+        self._k_cache = [np.zeros(k_shape, dtype=np.float32) for _ in self._layers]
+        self._v_cache = [np.zeros(v_shape, dtype=np.float32) for _ in self._layers]
         self._slot_pos = np.full(c.window, -1, dtype=I64)  # position held by each slot
         self._t = 0
         self._n_streams = n_streams
@@ -350,15 +364,16 @@ class Engine:
         slot = self._t % w  # the ring buffer overwrites the key that just left the window
         self._slot_pos[slot] = self._t
         dist = (self._t - self._slot_pos)[None, :]  # (1, W)
-        valid = self._slot_pos >= 0  # unfilled slots (t < W - 1) are masked
+        # unfilled slots (t < W - 1) are masked; once the ring is full every slot counts
+        valid = None if self._t >= w - 1 else (self._slot_pos >= 0)[None, :]
         x = self._embed(tokens[:, None])  # (n, 1, C)
         for layer, k_cache, v_cache in zip(self._layers, self._k_cache, self._v_cache,
                                            strict=True):
-            q, k, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
-                                                            layer.qkv)))  # (n, H, 1, hd)
-            k_cache[:n, :, slot] = k[:, :, 0]
+            q, k_t, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
+                                                              layer.qkv)))  # (n, H, 1, hd)
+            k_cache[:n, :, :, slot] = k_t[:, :, :, 0]
             v_cache[:n, :, slot] = v[:, :, 0]
-            o = self._attend(layer, q, k_cache[:n], v_cache[:n], dist, valid[None, :])
+            o = self._attend(layer, q, k_cache[:n], v_cache[:n], dist, valid)
             o = o.transpose(0, 2, 1, 3).reshape(n, 1, -1)  # (n, 1, C)
             x = np.clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
             x = self._mlp_residual(layer, x)
@@ -370,3 +385,11 @@ class Engine:
         if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > top):
             raise UsageError(f"token ids must be in 0..{top}, got "
                              f"{int(tokens.min())}..{int(tokens.max())}")
+
+
+def load_predictor(path: str | Path, *, backend: str = "numpy") -> TransformerPredictor:
+    """The container's entry point: a checkpoint file -> its TransformerPredictor
+    (CheckpointError if the file is not a valid checkpoint)."""
+    from tinyzip.model.transformer_predictor import TransformerPredictor  # avoids a cycle
+
+    return TransformerPredictor(load_checkpoint(path), backend=backend)
