@@ -268,6 +268,11 @@ class StreamDecoder:
             )
         if n_symbols < 1:
             raise UsageError("tables need at least one symbol")
+        if tables.dtype.kind != "u":
+            # Unsigned tables (the contract) cannot hold negative counts; anything else is
+            # checked here, off the fast path, because a negative count would let the state grow.
+            if tables.dtype.kind != "i" or (k and tables.min() < 0):
+                raise UsageError(f"tables must hold non-negative integers, got {tables.dtype}")
         if k < self._n_active:
             self._steps[k : self._n_active] = self._n_steps
             self._n_active = k

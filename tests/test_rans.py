@@ -345,6 +345,17 @@ def test_decoder_rejects_tables_not_summing_to_total(n_symbols: int) -> None:
         decoder.decode(tables)
 
 
+@pytest.mark.parametrize(
+    "tables",
+    [np.array([[-1, 17]]), np.array([[-1, 1, 16]]), np.array([[8.0, 8.0]])],
+    ids=["negative binary", "negative", "float"],
+)
+def test_decoder_rejects_tables_that_are_not_counts(tables: NDArray[np.generic]) -> None:
+    decoder = StreamDecoder([b"\0\0\1\0"], freq_bits=4)
+    with pytest.raises(UsageError):
+        decoder.decode(tables)
+
+
 def test_finished_decoder_refuses_reuse() -> None:
     decoder = StreamDecoder([b""], freq_bits=8)
     decoder.finish()
@@ -389,6 +400,7 @@ def corrupt_cases(payload: bytes) -> dict[str, bytes]:
         "truncated inside state": payload[:3],
         "empty": b"",
         "extra word": payload + b"\x12\x34",
+        "extra byte": payload + b"\x00",
         "flipped state bit": flipped_state,
         "flipped last word bit": flipped_word,
         "state below lower bound": b"\xff\xff\x00\x00" + payload[4:],
@@ -409,6 +421,27 @@ def test_finish_detects_damaged_payloads() -> None:
             decoder.finish()
         # the undamaged streams still decode exactly
         np.testing.assert_array_equal(got[:, 0], schedule.expected()[:, 0], err_msg=name)
+
+
+def test_finish_detects_reading_past_the_end_even_when_the_state_comes_out_right() -> None:
+    # Table [1, 15], four 0s: payload = state 2**16 + the word 0x0000 (see the hand test).
+    # Without its last word the decoder reads a zero in its place and ends at state L with
+    # nothing left: only the over-read gives the damage away.
+    tables = np.array([[1, 15]], dtype=np.uint32)
+    decoder = StreamDecoder([bytes.fromhex("00000100")], freq_bits=4)
+    for _ in range(4):
+        assert decoder.decode(tables)[0] == 0
+    with pytest.raises(CorruptInputError, match="read past the end"):
+        decoder.finish()
+
+
+def test_finish_rejects_a_state_below_the_lower_bound() -> None:
+    # Initial state 1 < L: one step of the one-symbol table keeps x = 1, reads the word 0 and
+    # lands on x = L with every word read; the encoder never writes such a payload.
+    decoder = StreamDecoder([bytes.fromhex("010000000000")], freq_bits=16)
+    assert decoder.decode(np.array([[1 << 16]], dtype=np.uint32))[0] == 0
+    with pytest.raises(CorruptInputError, match="stream 0"):
+        decoder.finish()
 
 
 def test_finish_detects_a_payload_for_a_stream_never_decoded() -> None:
