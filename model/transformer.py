@@ -49,6 +49,8 @@ class ActQuant(nn.Module):
     running max while calibrating; in eval it is frozen, which is what export stores.
     """
 
+    amax: Tensor  # buffer: saved with the model, copied by export
+
     def __init__(self, momentum: float = 0.99) -> None:
         super().__init__()
         self.momentum = momentum

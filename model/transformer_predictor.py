@@ -28,6 +28,7 @@ class TransformerPredictor(Predictor):
         self._inputs = np.zeros(0, dtype=np.int64)
         self._predicted: int | None = None  # n_active of a predict awaiting its update
         self._bytes = checkpoint.tokenizer_table == tuple(bytes([i]) for i in range(256))
+        self._tokenizer: Any = None  # BPE tokenizer, built on first to_symbols
 
     def descriptor(self) -> dict[str, Any]:
         return {"name": "transformer", "model_id": self.checkpoint.model_id_hex,
@@ -64,10 +65,17 @@ class TransformerPredictor(Predictor):
         self._predicted = None
 
     def to_symbols(self, raw: bytes) -> np.ndarray:
-        if not self._bytes:
-            raise UsageError(f"checkpoint {self.name} has a {self.n_symbols}-symbol BPE "
-                             "vocabulary; its tokenizer is not wired into the predictor yet")
-        return super().to_symbols(raw)
+        if self._bytes:
+            return super().to_symbols(raw)
+        if self._tokenizer is None:
+            # BPE: rebuilt from the checkpoint's table and merges (needs `tokenizers`,
+            # only when compressing; decoding needs the id -> bytes table alone)
+            from tinyzip.data.tokenizer import tokenizer_from_table
+
+            self._tokenizer = tokenizer_from_table(self.checkpoint.tokenizer_table,
+                                                   self.checkpoint.meta.get("tokenizer", {}))
+        symbols: np.ndarray = np.asarray(self._tokenizer.encode(raw), dtype=np.int64)
+        return symbols
 
     def from_symbols(self, symbols: np.ndarray) -> bytes:
         if self._bytes:

@@ -280,3 +280,41 @@ def test_step_rejects_out_of_range_ids(tiny: Checkpoint) -> None:
         engine.step(np.array([0, 257]))
     with pytest.raises(UsageError):
         engine.tables_parallel(np.array([[256]]))
+
+
+def test_predictor_codes_bpe_tokens_with_the_checkpoint_tokenizer(tmp_path: Path) -> None:
+    pytest.importorskip("tokenizers")
+    from tinyzip.data.tokenizer import BpeTokenizer
+
+    text = b"GET /index.html 200\nGET /api/v1 404\nPOST /api/v1 200\n" * 50
+    tokenizer = BpeTokenizer.train([text], vocab_size=512)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=2,
+                         d_ff=64, window=16)
+    ckpt = save_checkpoint(tmp_path / "bpe.tzm", config=config,
+                           tensors=random_tensors(config, seed=2),
+                           tokenizer_table=tokenizer.id_to_bytes(),
+                           meta={"tokenizer": tokenizer.checkpoint_spec()})
+    predictor = TransformerPredictor(load_checkpoint(tmp_path / "bpe.tzm"))
+    raw = b"GET /api/v1 200\n\xff odd bytes\x00"
+    symbols = predictor.to_symbols(raw)
+    assert len(symbols) < len(raw) and int(symbols.max()) < config.vocab_size
+    assert predictor.from_symbols(symbols) == raw
+    predictor.begin(1)
+    tables = predictor.predict(1)
+    assert tables.shape == (1, config.vocab_size) and int(tables.sum()) == 2**16
+
+
+def test_info_prints_the_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tinyzip.model.info import main
+
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.tzm")
+    assert main([str(tmp_path / "tiny.tzm")]) == 0
+    text = capsys.readouterr().out
+    assert "tiny-test" in text and ckpt.model_id.hex() in text and "not measured" in text
+    assert main([str(tmp_path / "tiny.tzm"), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["model_id"] == ckpt.model_id.hex() and card["config"] == TINY.to_dict()
+    with pytest.raises(CheckpointError):
+        main([str(tmp_path / "missing.tzm")])
+    with pytest.raises(UsageError):
+        main([])
