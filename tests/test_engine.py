@@ -290,10 +290,10 @@ def test_predictor_codes_bpe_tokens_with_the_checkpoint_tokenizer(tmp_path: Path
     tokenizer = BpeTokenizer.train([text], vocab_size=512)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=2,
                          d_ff=64, window=16)
-    ckpt = save_checkpoint(tmp_path / "bpe.tzm", config=config,
-                           tensors=random_tensors(config, seed=2),
-                           tokenizer_table=tokenizer.id_to_bytes(),
-                           meta={"tokenizer": tokenizer.checkpoint_spec()})
+    save_checkpoint(tmp_path / "bpe.tzm", config=config,
+                    tensors=random_tensors(config, seed=2),
+                    tokenizer_table=tokenizer.id_to_bytes(),
+                    meta={"tokenizer": tokenizer.checkpoint_spec()})
     predictor = TransformerPredictor(load_checkpoint(tmp_path / "bpe.tzm"))
     raw = b"GET /api/v1 200\n\xff odd bytes\x00"
     symbols = predictor.to_symbols(raw)
