@@ -203,7 +203,7 @@ class Engine:
         lead = x.shape[:-1]
         acc = self._gemm(x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False),
                          lin.weight_t)
-        return acc.astype(I64).reshape(*lead, -1)
+        return acc.astype(I64).reshape(*lead, lin.weight_t.shape[1])
 
     def _linear(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
         return _requant(self._matmul(x, lin), lin.mult, lin.shift)
@@ -297,8 +297,8 @@ class Engine:
         b, t = tokens.shape
         inputs = np.concatenate([np.full((b, 1), self.bos, dtype=I64),
                                  tokens[:, :-1].astype(I64)], axis=1)  # (B, T)
-        if t == 0:
-            return np.zeros((b, 0, self.n_symbols), dtype=np.uint32)
+        if b == 0 or t == 0:
+            return np.zeros((b, t, self.n_symbols), dtype=np.uint32)
         x = self._embed(inputs)  # (B, T, C)
         w = self.config.window
         for layer in self._layers:
@@ -360,6 +360,8 @@ class Engine:
         if n > self._n_streams:
             raise UsageError(f"step got {n} tokens, reset() started {self._n_streams} streams")
         self._check_ids(tokens, allow_bos=True)
+        if n == 0:  # every stream has finished: nothing to compute, position unchanged
+            return np.zeros((0, self.n_symbols), dtype=np.uint32)
         w = self.config.window
         slot = self._t % w  # the ring buffer overwrites the key that just left the window
         self._slot_pos[slot] = self._t

@@ -318,3 +318,11 @@ def test_info_prints_the_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         main([str(tmp_path / "missing.tzm")])
     with pytest.raises(UsageError):
         main([])
+
+
+def test_empty_batches_and_sequences_give_empty_tables(tiny: Checkpoint) -> None:
+    engine = Engine(tiny)
+    assert engine.tables_parallel(np.zeros((0, 5), dtype=np.int64)).shape == (0, 5, 256)
+    assert engine.tables_parallel(np.zeros((2, 0), dtype=np.int64)).shape == (2, 0, 256)
+    engine.reset(3)
+    assert engine.step(np.zeros(0, dtype=np.int64)).shape == (0, 256)
