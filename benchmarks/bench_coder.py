@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -65,6 +66,23 @@ def median_rate(n: int, seconds: list[float]) -> float:
     return n / statistics.median(seconds)
 
 
+class Clock:
+    """Wall and process CPU time of a block. CPU time is reported too because the machines
+    this runs on are often shared: under contention wall time mostly measures the others."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __enter__(self) -> Clock:
+        self._w0, self._c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall.append(time.perf_counter() - self._w0)
+        self.cpu.append(time.process_time() - self._c0)
+
+
 def run_case(
     *,
     n_symbols: int,
@@ -90,28 +108,25 @@ def run_case(
     freqs = np.empty((n_steps, n_streams), dtype=np.uint32)
 
     # symbol_ranges per step, as the lockstep encoder calls it.
-    ranges_s = []
+    ranges = Clock()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for t in range(n_steps):
-            starts[t], freqs[t] = symbol_ranges(step_sets[t % n_step_sets], symbols[t])
-        ranges_s.append(time.perf_counter() - t0)
+        with ranges:
+            for t in range(n_steps):
+                starts[t], freqs[t] = symbol_ranges(step_sets[t % n_step_sets], symbols[t])
 
-    encode_s = []
+    encode = Clock()
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        payloads = encode_streams(starts, freqs, lengths, freq_bits=freq_bits)
-        encode_s.append(time.perf_counter() - t0)
+        with encode:
+            payloads = encode_streams(starts, freqs, lengths, freq_bits=freq_bits)
 
-    decode_s = []
+    decode = Clock()
     for _ in range(repeats):
         decoded = np.empty((n_steps, n_streams), dtype=np.int64)
-        t0 = time.perf_counter()
-        dec = StreamDecoder(payloads, freq_bits=freq_bits)
-        for t in range(n_steps):
-            decoded[t] = dec.decode(step_sets[t % n_step_sets])
-        dec.finish()
-        decode_s.append(time.perf_counter() - t0)
+        with decode:
+            dec = StreamDecoder(payloads, freq_bits=freq_bits)
+            for t in range(n_steps):
+                decoded[t] = dec.decode(step_sets[t % n_step_sets])
+            dec.finish()
         if not np.array_equal(decoded, symbols):
             raise SystemExit(f"round trip FAILED for V={n_symbols}")
 
@@ -124,12 +139,17 @@ def run_case(
         "streams": n_streams,
         "symbols": n,
         "repeats": repeats,
-        "symbol_ranges_sym_per_s": median_rate(n, ranges_s),
-        "encode_sym_per_s": median_rate(n, encode_s),
-        "decode_sym_per_s": median_rate(n, decode_s),
-        "symbol_ranges_s": ranges_s,
-        "encode_s": encode_s,
-        "decode_s": decode_s,
+        "symbol_ranges_sym_per_s": median_rate(n, ranges.wall),
+        "encode_sym_per_s": median_rate(n, encode.wall),
+        "decode_sym_per_s": median_rate(n, decode.wall),
+        "symbol_ranges_sym_per_cpu_s": median_rate(n, ranges.cpu),
+        "encode_sym_per_cpu_s": median_rate(n, encode.cpu),
+        "decode_sym_per_cpu_s": median_rate(n, decode.cpu),
+        "symbol_ranges_wall_s": ranges.wall,
+        "encode_wall_s": encode.wall,
+        "decode_wall_s": decode.wall,
+        "encode_cpu_s": encode.cpu,
+        "decode_cpu_s": decode.cpu,
         "payload_bytes": payload_bytes,
         "ideal_bytes": ideal_bits / 8,
         "overhead_pct": 100 * (payload_bytes * 8 / ideal_bits - 1),
@@ -145,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freq-bits", type=int, default=16)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     cases = []
     for v in (256, 2):
@@ -166,22 +187,31 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_before": load_before,
+        "load_average_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "rates": "symbols per wall-clock second (median of repeats); *_per_cpu_s: per CPU second",
         "cases": cases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
+    print("M symbols/s, median of repeats, wall clock (per CPU second in brackets)")
     print(
-        f"{'V':>5} {'B':>4} {'symbols':>9} {'ranges M/s':>10} {'enc M/s':>8} {'dec M/s':>8} "
+        f"{'V':>5} {'B':>4} {'symbols':>9} {'ranges':>14} {'encode':>14} {'decode':>14} "
         f"{'bits/sym':>8} {'overhead':>9}"
     )
+
+    def rate(c: dict[str, Any], what: str) -> str:
+        return f"{c[what + '_sym_per_s'] / 1e6:.2f} ({c[what + '_sym_per_cpu_s'] / 1e6:.2f})"
+
     for c in cases:
         print(
             f"{c['n_symbols']:>5} {c['streams']:>4} {c['symbols']:>9} "
-            f"{c['symbol_ranges_sym_per_s'] / 1e6:>10.2f} {c['encode_sym_per_s'] / 1e6:>8.2f} "
-            f"{c['decode_sym_per_s'] / 1e6:>8.2f} {c['bits_per_symbol']:>8.3f} "
-            f"{c['overhead_pct']:>8.3f}%"
+            f"{rate(c, 'symbol_ranges'):>14} {rate(c, 'encode'):>14} {rate(c, 'decode'):>14} "
+            f"{c['bits_per_symbol']:>8.3f} {c['overhead_pct']:>8.3f}%"
         )
+    print(f"load average (1 min) before {load_before}, after {result['load_average_1min_after']}")
     print(f"wrote {args.out}")
     return 0
 

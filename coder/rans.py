@@ -52,7 +52,6 @@ WORD_BITS = 16
 MAX_FREQ_BITS = 16
 
 _STATE_BYTES = 4
-_WORD_MASK = (1 << WORD_BITS) - 1
 
 
 def _check_freq_bits(freq_bits: int) -> None:
@@ -66,6 +65,7 @@ def symbol_ranges(
     """(n, V) uint32 tables and (n,) symbols -> (start, freq) uint32 arrays of shape (n,).
 
     ``start`` is the sum of the row's frequencies before the symbol, ``freq`` its own one.
+    Rows are not checked here (``encode_streams`` checks every range, the decoder every row).
     """
     tables = np.asarray(tables)
     symbols = np.asarray(symbols)
@@ -78,24 +78,28 @@ def symbol_ranges(
     if n == 0:
         empty = np.zeros(0, dtype=np.uint32)
         return empty, empty.copy()
-    if not np.issubdtype(symbols.dtype, np.integer):
-        raise UsageError(f"symbols must be integers, got dtype {symbols.dtype}")
-    if not np.issubdtype(tables.dtype, np.integer):
-        raise UsageError(f"tables must be integers, got dtype {tables.dtype}")
-    if symbols.min() < 0 or symbols.max() >= n_symbols:
+    if symbols.dtype.kind not in "iu" or tables.dtype.kind not in "iu":
+        raise UsageError(
+            f"tables and symbols must be integers, got {tables.dtype} and {symbols.dtype}"
+        )
+    sym = symbols.astype(np.int64, copy=False)
+    # Viewed as unsigned, a negative symbol is huge: one comparison checks both ends.
+    if (sym.view(np.uint64) >= n_symbols).any():
         raise UsageError(
             f"symbols must lie in 0..{n_symbols - 1}, got {symbols.min()}..{symbols.max()}"
         )
-    # One flat cumulative sum serves every row: subtracting the running total before a row
-    # gives that row's own cumulative frequencies (no (n, V) temporary beyond the cumsum).
     flat = np.ascontiguousarray(tables).reshape(-1)
-    cum = np.cumsum(flat, dtype=np.int64)
-    rows = np.arange(n, dtype=np.int64) * n_symbols
-    idx = rows + symbols.astype(np.int64)
-    freq = flat[idx].astype(np.int64)
-    row_before = np.where(rows > 0, cum[rows - 1], 0)
-    start = cum[idx] - freq - row_before
-    return start.astype(np.uint32), freq.astype(np.uint32)
+    # start = sum of the row before the symbol, for every row in one reduceat over the
+    # interleaved bounds [row_i, row_i + sym_i, row_(i+1), ...]: the even outputs are the
+    # wanted sums and only those elements are read (half a cumsum's work). reduceat yields
+    # flat[a] instead of 0 for an empty segment (sym_i == 0), hence the where.
+    bounds = np.empty(2 * n, dtype=np.int64)
+    bounds[0::2] = np.arange(n, dtype=np.int64) * n_symbols
+    at = bounds[1::2]
+    np.add(bounds[0::2], sym, out=at)
+    sums = np.add.reduceat(flat, bounds, dtype=np.int64)[0::2]
+    start = np.where(sym > 0, sums, 0)
+    return start.astype(np.uint32), flat.take(at).astype(np.uint32)
 
 
 def encode_streams(
