@@ -50,6 +50,8 @@ def _byte_to_char_table() -> list[str]:
 
 
 BYTE_TO_CHAR: list[str] = _byte_to_char_table()
+#: Name of this mapping in checkpoint metadata: a different table is a different tokenizer.
+BYTE_MAP_NAME = "tinyzip-bytes-v1"
 CHAR_TO_BYTE: dict[str, int] = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
 # Code point of each byte's character, for the vectorised mapping in bytes_to_text.
 _BYTE_TO_CODEPOINT = np.array([ord(c) for c in BYTE_TO_CHAR], dtype=np.uint32)
@@ -170,6 +172,10 @@ class ByteTokenizer(_TableDecoder):
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "byte", "vocab_size": 256}
 
+    def checkpoint_spec(self) -> dict[str, Any]:
+        """What a checkpoint's metadata records (the table itself is stored as tensors)."""
+        return {"kind": "bytes"}
+
 
 class BpeTokenizer(_TableDecoder):
     """Byte-level BPE trained on raw bytes through ``BYTE_TO_CHAR`` (see module docstring)."""
@@ -251,6 +257,47 @@ class BpeTokenizer(_TableDecoder):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "bpe", "vocab_size": self.vocab_size, "tokenizer": json.loads(self._json)}
+
+    def checkpoint_spec(self) -> dict[str, Any]:
+        """What a checkpoint's metadata records beside the id -> bytes table: the merges
+        and the split pattern, over ``BYTE_TO_CHAR`` characters. ``tokenizer_from_table``
+        rebuilds an identical encoder from the two (the vocabulary is the table)."""
+        spec = json.loads(self._json)
+        return {
+            "kind": "bpe",
+            "byte_map": BYTE_MAP_NAME,
+            "pattern": spec["pre_tokenizer"]["pattern"]["Regex"],
+            "merges": [list(m) if isinstance(m, list) else m.split(" ", 1)
+                       for m in spec["model"]["merges"]],
+        }
+
+
+def tokenizer_from_table(
+    table: list[bytes] | tuple[bytes, ...], spec: dict[str, Any]
+) -> ByteTokenizer | BpeTokenizer:
+    """Rebuild the tokenizer of a checkpoint from its id -> bytes table and ``checkpoint_spec``."""
+    kind = spec.get("kind")
+    if kind in ("byte", "bytes"):
+        if list(table) != ByteTokenizer().id_to_bytes():
+            raise UsageError("byte tokenizer spec with a table that is not the 256 bytes")
+        return ByteTokenizer()
+    if kind != "bpe":
+        raise UsageError(f"unknown tokenizer kind {kind!r}")
+    if spec.get("byte_map") != BYTE_MAP_NAME:
+        raise UsageError(f"unknown byte map {spec.get('byte_map')!r}")
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    vocab = {bytes_to_text(b): i for i, b in enumerate(table)}
+    merges = [(a, b) for a, b in spec["merges"]]
+    try:
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    except Exception as exc:  # tokenizers raises a bare Exception for inconsistent merges
+        raise UsageError(f"BPE table and merges do not agree: {exc}") from None
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(spec["pattern"]), behavior="isolated")
+    out = BpeTokenizer(tok.to_str())
+    if out.id_to_bytes() != list(table):
+        raise UsageError("BPE table and merges do not agree")
+    return out
 
 
 def byte_map() -> list[str]:

@@ -20,6 +20,7 @@ from tinyzip.data.tokenizer import (
     bytes_to_text,
     load_tokenizer,
     text_to_bytes,
+    tokenizer_from_table,
 )
 from tinyzip.data.tokens import TokenStore, build_token_files
 
@@ -313,3 +314,14 @@ def test_sequential_windows_cover_every_token_once(tmp_path: Path) -> None:
     assert len(subset) == 3
     assert np.array_equal(subset[0], windows[0].tokens)
     assert np.array_equal(subset[-1], windows[-1].tokens)
+
+
+def test_table_and_merges_rebuild_the_same_bpe_encoder(bpe: BpeTokenizer) -> None:
+    spec = bpe.checkpoint_spec()
+    assert spec["kind"] == "bpe" and spec["merges"]
+    again = tokenizer_from_table(bpe.id_to_bytes(), spec)
+    assert np.array_equal(again.encode(LOG + INVALID_UTF8), bpe.encode(LOG + INVALID_UTF8))
+    assert isinstance(tokenizer_from_table(ByteTokenizer().id_to_bytes(),
+                                           ByteTokenizer().checkpoint_spec()), ByteTokenizer)
+    with pytest.raises(UsageError):
+        tokenizer_from_table(bpe.id_to_bytes()[:-1], spec)
