@@ -127,6 +127,11 @@ def encode_streams(
     n_steps, n_streams = starts.shape
     if n_streams == 0:
         return []
+    if any(a.dtype.kind not in "iu" for a in (starts, freqs, lengths)):
+        raise UsageError(
+            f"starts, freqs and lengths must be integers, got {starts.dtype}, {freqs.dtype} "
+            f"and {lengths.dtype}"
+        )
     lengths = lengths.astype(np.int64)
     if lengths.min() < 0 or lengths.max() > n_steps:
         raise UsageError(

@@ -230,7 +230,9 @@ def test_payload_bytes_match_hand_computation() -> None:
     assert payloads == [bytes.fromhex("58550500")]
     # Table [1, 15], symbol 0 four times: x goes 2**16 -> 2**20 -> 2**24 -> 2**28; the last
     # one encoded (step 0) finds x >= 1 << 28, emits its low word 0x0000, and x = 2**12 * 16.
-    payloads = encode_streams(np.zeros((4, 1)), np.ones((4, 1)), np.array([4]), freq_bits=4)
+    payloads = encode_streams(
+        np.zeros((4, 1), np.uint32), np.ones((4, 1), np.uint32), np.array([4]), freq_bits=4
+    )
     assert payloads == [bytes.fromhex("000001000000")]
 
 
@@ -370,14 +372,17 @@ def test_bad_freq_bits_are_rejected(freq_bits: int) -> None:
     with pytest.raises(UsageError):
         StreamDecoder([], freq_bits=freq_bits)
     with pytest.raises(UsageError):
-        encode_streams(np.zeros((1, 1)), np.ones((1, 1)), np.ones(1), freq_bits=freq_bits)
+        encode_streams(
+            np.zeros((1, 1), int), np.ones((1, 1), int), np.ones(1, int), freq_bits=freq_bits
+        )
 
 
 @pytest.mark.parametrize(
     ("start", "freq", "length"),
-    [(0, 0, 1), (15, 2, 1), (0, 1, 2)],  # empty range, range past M, length past T
+    # empty range, range past M, length past T, floats
+    [(0, 0, 1), (15, 2, 1), (0, 1, 2), (0.0, 1.0, 1), (0, 1, 1.0)],
 )
-def test_encoder_rejects_impossible_input(start: int, freq: int, length: int) -> None:
+def test_encoder_rejects_impossible_input(start: float, freq: float, length: float) -> None:
     with pytest.raises(UsageError):
         encode_streams(np.array([[start]]), np.array([[freq]]), np.array([length]), freq_bits=4)
 
