@@ -86,16 +86,32 @@ def _numpy_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
-def _torch_gemm() -> Gemm:
-    """float32 GEMM through torch (same exact results: the operands are int8-valued)."""
+def _numpy_int_gemm(x: np.ndarray, weight_t: np.ndarray) -> np.ndarray:
+    """int8-valued (M, K) int64 @ (K, N) float32 -> exact (M, N) int64 (K <= 1040)."""
+    return np.matmul(x.astype(np.float32), weight_t).astype(I64)
+
+
+def _torch_gemms() -> tuple[Gemm, Gemm]:
+    """The torch backend: float32 torch.matmul for attention and torch._int_mm (int8 x
+    int8 -> int32, exact) for the linear layers; same integers as numpy by construction."""
     import torch  # only with backend="torch"; the default path never imports torch
+
+    int8_weights: dict[int, torch.Tensor] = {}  # weight_t array id -> int8 copy
 
     def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out: np.ndarray = torch.matmul(torch.from_numpy(np.ascontiguousarray(a)),
                                        torch.from_numpy(np.ascontiguousarray(b))).numpy()
         return out
 
-    return gemm
+    def int_gemm(x: np.ndarray, weight_t: np.ndarray) -> np.ndarray:
+        w = int8_weights.get(id(weight_t))
+        if w is None:
+            w = int8_weights[id(weight_t)] = torch.from_numpy(weight_t.astype(np.int8))
+        acc = torch._int_mm(torch.from_numpy(x.astype(np.int8)), w)
+        out: np.ndarray = acc.numpy().astype(I64)
+        return out
+
+    return gemm, int_gemm
 
 
 @dataclass(frozen=True)
@@ -153,8 +169,9 @@ class Engine:
     def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy") -> None:
         if backend == "numpy":
             self._gemm: Gemm = _numpy_gemm
+            self._int_gemm: Gemm = _numpy_int_gemm
         elif backend == "torch":
-            self._gemm = _torch_gemm()
+            self._gemm, self._int_gemm = _torch_gemms()
         else:
             raise UsageError(f"engine backend must be 'numpy' or 'torch', got {backend!r}")
         self.backend = backend
@@ -201,9 +218,8 @@ class Engine:
     def _matmul(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
         """(..., K) int8-valued int64 -> (..., N) int64 accumulators (exact: K <= 1040)."""
         lead = x.shape[:-1]
-        acc = self._gemm(x.reshape(-1, x.shape[-1]).astype(np.float32, copy=False),
-                         lin.weight_t)
-        return acc.astype(I64).reshape(*lead, lin.weight_t.shape[1])
+        acc = self._int_gemm(x.reshape(-1, x.shape[-1]), lin.weight_t)
+        return acc.reshape(*lead, lin.weight_t.shape[1])
 
     def _linear(self, x: np.ndarray, lin: _Linear) -> np.ndarray:
         return _requant(self._matmul(x, lin), lin.mult, lin.shift)
