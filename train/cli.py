@@ -207,7 +207,8 @@ def _main(argv: list[str] | None) -> int:
     if rank0:
         tokenizer.save(tok_path)
     t0 = time.monotonic()
-    store = build_token_files(corpus, split, tokenizer, run_dir / "tokens")
+    store = build_token_files(corpus, split, tokenizer, run_dir / "tokens",
+                              log=_Throttled(log, seconds=10.0))
     log(f"tokens: {len(store.train):,} train, {len(store.val):,} validation "
         f"({store.train.n_bytes / max(1, len(store.train)):.2f} bytes/token, "
         f"{time.monotonic() - t0:.1f} s)")
@@ -366,6 +367,20 @@ class _Log:
     def __call__(self, msg: str) -> None:
         if self.enabled:
             print(f"{PROG}: {msg}", file=sys.stderr)
+
+
+class _Throttled:
+    """Passes on at most one message per ``seconds``: progress for a long tokenisation
+    without a line per file."""
+
+    def __init__(self, log: _Log, seconds: float) -> None:
+        self.log, self.seconds, self.last = log, seconds, time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.seconds:
+            self.log(msg)
+            self.last = now
 
 
 def _default_name(args: argparse.Namespace) -> str:

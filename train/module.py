@@ -237,6 +237,7 @@ class TinyzipModule(L.LightningModule):
         ])
 
     def on_validation_epoch_end(self) -> None:
+        self._last_batch_end = None  # the pause for validation is not training throughput
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         bits, n_tokens, n_bytes = (float(x) for x in sums)
         if n_tokens == 0:
