@@ -1,7 +1,7 @@
 """Engine throughput: step mode (decoder) and parallel mode (encoder), random weights.
 
     python benchmarks/bench_engine.py [--preset small] [--streams 64] [--steps 256]
-        [--length 512] [--backend numpy] [--out benchmarks/results/engine.json]
+        [--length 512] [--backend numpy [torch]] [--out benchmarks/results/engine.json]
 
 Throughput counts one byte per token (byte vocabulary), all streams together. The
 weights are random (``checkpoint.random_tensors``): speed does not depend on them.
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=64, help="B")
     parser.add_argument("--steps", type=int, default=256, help="step-mode tokens per stream")
     parser.add_argument("--length", type=int, default=512, help="parallel-mode T")
-    parser.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    parser.add_argument("--backend", nargs="+", default=["numpy"], choices=["numpy", "torch"])
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     args = parser.parse_args(argv)
 
@@ -44,29 +44,32 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = save_checkpoint(Path(tmp) / "bench.tzm", config=config,
                                tensors=random_tensors(config, seed=0),
                                tokenizer_table=byte_tokenizer_table(), meta={"name": "bench"})
-    engine = Engine(ckpt, backend=args.backend)
     b = args.streams
     tokens = np.random.default_rng(0).integers(0, 256, size=(b, max(args.steps, args.length)))
+    runs = []
+    for backend in args.backend:
+        engine = Engine(ckpt, backend=backend)
+        engine.reset(b)
+        inputs = np.full(b, engine.bos)
+        # wall clock and process CPU time: on a shared machine the CPU figure is the
+        # steadier one (with 1 BLAS thread it is what a quiet core would take)
+        start, cpu = time.perf_counter(), time.process_time()
+        for t in range(args.steps):
+            engine.step(inputs)
+            inputs = tokens[:, t]
+        step_s, step_cpu = time.perf_counter() - start, time.process_time() - cpu
 
-    engine.reset(b)
-    inputs = np.full(b, engine.bos)
-    # wall clock and process CPU time: on a shared machine the CPU figure is the
-    # steadier one (with 1 BLAS thread it is what a quiet core would take)
-    start, cpu = time.perf_counter(), time.process_time()
-    for t in range(args.steps):
-        engine.step(inputs)
-        inputs = tokens[:, t]
-    step_s, step_cpu = time.perf_counter() - start, time.process_time() - cpu
-
-    start, cpu = time.perf_counter(), time.process_time()
-    engine.tables_parallel(tokens[:, :args.length])
-    parallel_s, parallel_cpu = time.perf_counter() - start, time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
+        engine.tables_parallel(tokens[:, :args.length])
+        parallel_s, parallel_cpu = time.perf_counter() - start, time.process_time() - cpu
+        runs.append({"backend": backend,
+                     "step": _rates(b * args.steps, step_s, step_cpu),
+                     "parallel": _rates(b * args.length, parallel_s, parallel_cpu)})
 
     result = {
         "preset": args.preset, "config": config.to_dict(), "n_params": config.n_params,
-        "checkpoint_bytes": ckpt.n_bytes, "backend": args.backend, "streams": b,
-        "step": _rates(b * args.steps, step_s, step_cpu),
-        "parallel": _rates(b * args.length, parallel_s, parallel_cpu),
+        "checkpoint_bytes": ckpt.n_bytes, "streams": b, "step_tokens_per_stream": args.steps,
+        "parallel_length": args.length, "runs": runs,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__,
                     "load_avg_1min": round(os.getloadavg()[0], 2),

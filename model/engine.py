@@ -5,7 +5,8 @@ decoder, export's bpb check and the benchmarks all call it. Every value it compu
 an integer (held in int64 arrays), so the tables are a pure function of the checkpoint
 bytes and the tokens, whatever the thread count, batch size, BLAS or mode:
 
-- matmuls run in float32 on int8-valued operands, exact because every partial sum
+- matmuls run in float32 on int8-valued operands (or, for the linear layers of the
+  torch backend, torch._int_mm in int32), exact because every partial sum
   stays below 2**24 (K * 127 * 127 < 2**24 for K <= 1040, checked by ModelConfig; for
   P @ V the Q16 probabilities of a row sum to at most 2**16, so the sum of |P v| is at
   most 127 * 2**16 < 2**24 whatever the window);
