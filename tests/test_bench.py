@@ -160,6 +160,19 @@ def test_codec_that_kills_its_process_is_a_failed_row() -> None:
     assert "exited 3" in (m.error or "")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_codec_past_its_timeout_is_killed_and_reported() -> None:
+    import time
+
+    def hang(d: bytes) -> bytes:
+        time.sleep(60)
+        return d
+
+    m = runner.measure(Codec("x", hang, hang), LOG_LINES, file="f", isolate=True, timeout_s=0.5)
+    assert m.roundtrip is False
+    assert "timed out" in (m.error or "")
+
+
 def test_ppmd_roundtrips_log_text() -> None:
     pytest.importorskip("pyppmd")
     codec = codecs._ppmd()

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch device for the generic LLM: auto (cuda if available), cpu, cuda")
     p.add_argument("--exclude", metavar="NAME", action="append", default=[],
                    help="skip files with this name (glob, repeatable), e.g. SOURCE.txt")
+    p.add_argument("--timeout", metavar="S", type=float, default=None,
+                   help="give up on a codec after S seconds per file (compress + decompress); "
+                   "its row then shows the timeout as a failed round trip")
     p.add_argument("--in-process", action="store_true",
                    help="run codecs in this process instead of a forked child per file "
                    "(memory from tracemalloc then; a crashing codec ends the bench)")
@@ -104,10 +107,10 @@ def collect_files(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[tup
                 name = rel.as_posix() if len(paths) == 1 else (root / rel).as_posix()
                 found.append((name, sub))
         else:
-            raise UsageError(f"bench: no such file or folder: {text}")
+            raise UsageError(f"no such file or folder: {text}")
     kept = [(n, p) for n, p in found if not any(p.match(g) for g in exclude)]
     if not kept:
-        raise UsageError(f"bench: no files under {', '.join(paths)}")
+        raise UsageError(f"no files under {', '.join(paths)}")
     return kept
 
 
@@ -132,11 +135,15 @@ def run_codecs(
     files: Sequence[tuple[str, bytes]],
     *,
     isolate: bool = True,
+    timeout_s: float | None = None,
 ) -> list[runner.Measurement]:
     out: list[runner.Measurement] = []
     for codec in codecs:
         t0 = time.perf_counter()
-        mine = [runner.measure(codec, data, file=name, isolate=isolate) for name, data in files]
+        mine = [
+            runner.measure(codec, data, file=name, isolate=isolate, timeout_s=timeout_s)
+            for name, data in files
+        ]
         out.extend(mine)
         row = runner.row_from(mine)
         trip = {True: "ok", False: "ROUND TRIP FAILED", None: "n/a"}[row["roundtrip"]]
@@ -262,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     _progress(f"bench: {len(files)} files, {raw_total:,} bytes, {len(chosen)} codecs")
 
     isolate = not args.in_process and runner.can_fork()
-    measurements = run_codecs(chosen, files, isolate=isolate)
+    if args.timeout is not None and (args.timeout <= 0 or not isolate):
+        raise UsageError("--timeout needs a positive number of seconds and forked children")
+    measurements = run_codecs(chosen, files, isolate=isolate, timeout_s=args.timeout)
     meta: dict[str, Any] = {
         "schema_version": report.SCHEMA_VERSION,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -271,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_files": len(files),
         "raw_bytes": raw_total,
         "sample_bytes": args.sample_bytes,
+        "timeout_s": args.timeout,
         "model": args.model,
         "adapt": args.adapt,
         "reference": reference,

@@ -169,7 +169,8 @@ def zstd_dict_codec(samples: list[bytes], *, dict_bytes: int = DEFAULT_DICT_BYTE
     if not samples:
         raise UsageError("--dict-corpus: no files to train a dictionary on")
     try:
-        zdict = zstandard.train_dictionary(dict_bytes, samples)
+        typed: list[bytes | bytearray | memoryview] = list(samples)
+        zdict = zstandard.train_dictionary(dict_bytes, typed)
     except zstandard.ZstdError as exc:
         raise UsageError(f"--dict-corpus: zstd could not train a dictionary: {exc}") from exc
     raw = zdict.as_bytes()

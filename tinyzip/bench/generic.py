@@ -113,7 +113,7 @@ def load(source: GenericSource, *, device: str = "auto") -> tuple[Any, Any]:
         kwargs["gguf_file"] = source.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source.folder), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
+        model: Any = AutoModelForCausalLM.from_pretrained(
             str(source.folder), dtype=torch.float32, **kwargs
         )
     except (OSError, ValueError, ImportError) as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 import traceback
 from collections.abc import Sequence
@@ -96,7 +97,23 @@ def _run_pair(codec: Codec, data: bytes) -> dict[str, Any]:
     return out
 
 
-def _in_child(codec: Codec, data: bytes) -> dict[str, Any]:
+def _read_all(fd: int, deadline: float | None) -> bytes | None:
+    """Everything from ``fd`` until EOF, or None if ``deadline`` (perf_counter) passes first."""
+    import select
+
+    chunks: list[bytes] = []
+    while True:
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _in_child(codec: Codec, data: bytes, timeout_s: float | None = None) -> dict[str, Any]:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: measure, report one JSON line, leave without cleanup handlers
@@ -114,13 +131,27 @@ def _in_child(codec: Codec, data: bytes) -> dict[str, Any]:
         finally:
             os._exit(code)
     os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        raw = pipe.read()
+    deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+    try:
+        raw = _read_all(read_fd, deadline)
+        if raw is None:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(read_fd)
     _, status = os.waitpid(pid, 0)
+    if raw is None:
+        return {
+            "payload_bytes": None,
+            "compress_s": None,
+            "decompress_s": None,
+            "roundtrip": False,
+            "error": f"timed out after {timeout_s:g} s (--timeout)",
+            "peak_mem_bytes": None,
+        }
     if raw:
         try:
-            result: dict[str, Any] = json.loads(raw)
-            return result
+            loaded: dict[str, Any] = json.loads(raw)
+            return loaded
         except json.JSONDecodeError:
             pass
     why = (
@@ -159,9 +190,23 @@ def can_fork() -> bool:
     return hasattr(os, "fork")
 
 
-def measure(codec: Codec, data: bytes, *, file: str, isolate: bool = True) -> Measurement:
-    """Run ``codec`` on ``data`` once; ``isolate`` forks a child where possible."""
-    result = _in_child(codec, data) if isolate and can_fork() else _in_process(codec, data)
+def measure(
+    codec: Codec,
+    data: bytes,
+    *,
+    file: str,
+    isolate: bool = True,
+    timeout_s: float | None = None,
+) -> Measurement:
+    """Run ``codec`` on ``data`` once; ``isolate`` forks a child where possible.
+
+    ``timeout_s`` (forked children only) kills a codec that takes longer for compress +
+    decompress; its row says so and counts as a failed round trip.
+    """
+    if isolate and can_fork():
+        result = _in_child(codec, data, timeout_s)
+    else:
+        result = _in_process(codec, data)
     return Measurement(
         compressor=codec.name,
         file=file,
