@@ -174,59 +174,43 @@ def find_corpus(
     *,
     include_hidden: bool = False,
 ) -> Corpus:
-    """Find corpus files from a directory, a glob pattern, or a list of files.
+    """Find corpus files from a directory, a glob pattern, a file, or a list of those.
 
-    Raises ``UsageError`` (one line) when the source does not exist or yields no usable file.
+    Names (``CorpusFile.rel``) are relative to the directory, the folder part of
+    the glob, the file's folder, or for a list the common folder of its items.
+    Raises ``UsageError`` (one line) when a source does not exist or none yields a
+    usable file.
     """
-    if isinstance(source, (str, os.PathLike)):
-        text = os.fspath(source)
-        if os.path.isdir(text):
-            root = Path(text).resolve()
-            candidates = _walk(root, include_hidden)
-        elif glob.has_magic(text):
-            root = _glob_root(text)
-            # Wildcards never match dot-names in glob: hidden files come in by explicit name only.
-            paths = sorted(glob.glob(text, recursive=True))
-            candidates = [(Path(p).resolve(), _rel(Path(p).resolve(), root))
-                          for p in paths if os.path.isfile(p)]
-        elif os.path.isfile(text):
-            p = Path(text).resolve()
-            root = p.parent
-            candidates = [(p, p.name)]
-        else:
-            raise UsageError(f"corpus not found: {text}")
-        label = text
-    else:
-        items = [Path(os.fspath(s)) for s in source]
-        missing = [str(p) for p in items if not p.is_file()]
-        if missing:
-            raise UsageError(f"corpus file not found: {missing[0]}")
-        resolved = [p.resolve() for p in items]
-        parents = [str(p.parent) for p in resolved]
-        root = Path(os.path.commonpath(parents)) if parents else Path(".")
-        candidates = [(p, _rel(p, root)) for p in resolved]
-        label = ",".join(str(p) for p in items)
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not items:
+        raise UsageError("no corpus given")
+    found = [_find_one(os.fspath(item), include_hidden) for item in items]
+    roots = [str(root) for root, _ in found]
+    root = Path(roots[0]) if len(roots) == 1 else Path(os.path.commonpath(roots))
+    label = ",".join(os.fspath(item) for item in items)
 
     files: list[CorpusFile] = []
     skipped: list[SkippedFile] = []
-    seen: set[str] = set()
-    for path, rel in candidates:
-        if rel in seen:
-            continue
-        seen.add(rel)
-        if rel.startswith(".hidden-dir:"):
-            skipped.append(SkippedFile(rel=rel.split(":", 1)[1], reason="hidden"))
-            continue
-        if not include_hidden and any(part.startswith(".") for part in rel.split("/")):
-            skipped.append(SkippedFile(rel=rel, reason="hidden"))
-            continue
-        f = CorpusFile(path=path, rel=rel, disk_bytes=path.stat().st_size,
-                       codec=CODECS.get(path.suffix.lower()))
-        reason = _check(f)
-        if reason is None:
-            files.append(f)
-        else:
-            skipped.append(SkippedFile(rel=rel, reason=reason))
+    seen: set[Path] = set()
+    for _, candidates in found:
+        for path, hidden_dir in candidates:
+            if path in seen:
+                continue
+            seen.add(path)
+            rel = _rel(path, root)
+            if hidden_dir:
+                skipped.append(SkippedFile(rel=rel + "/", reason="hidden"))
+                continue
+            if not include_hidden and any(part.startswith(".") for part in rel.split("/")):
+                skipped.append(SkippedFile(rel=rel, reason="hidden"))
+                continue
+            f = CorpusFile(path=path, rel=rel, disk_bytes=path.stat().st_size,
+                           codec=CODECS.get(path.suffix.lower()))
+            reason = _check(f)
+            if reason is None:
+                files.append(f)
+            else:
+                skipped.append(SkippedFile(rel=rel, reason=reason))
 
     files.sort(key=lambda f: f.rel)
     if not files:
@@ -235,21 +219,36 @@ def find_corpus(
     return Corpus(source=label, files=tuple(files), skipped=tuple(skipped))
 
 
-def _walk(root: Path, include_hidden: bool) -> list[tuple[Path, str]]:
-    out: list[tuple[Path, str]] = []
+def _find_one(text: str, include_hidden: bool) -> tuple[Path, list[tuple[Path, bool]]]:
+    """(root, [(absolute path, is a hidden folder reported whole)]) for one source."""
+    if os.path.isdir(text):
+        root = Path(text).resolve()
+        return root, _walk(root, include_hidden)
+    if glob.has_magic(text):
+        # Wildcards never match dot-names in glob: hidden files come in by explicit name only.
+        paths = [Path(p).resolve() for p in sorted(glob.glob(text, recursive=True))]
+        return _glob_root(text), [(p, False) for p in paths if p.is_file()]
+    if os.path.isfile(text):
+        p = Path(text).resolve()
+        return p.parent, [(p, False)]
+    raise UsageError(f"corpus not found: {text}")
+
+
+def _walk(root: Path, include_hidden: bool) -> list[tuple[Path, bool]]:
+    out: list[tuple[Path, bool]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         if not include_hidden:
             # A hidden folder (.git, .cache) is reported once, not walked: it can hold
             # thousands of files that are never corpus.
-            for d in sorted(dirnames):
-                if d.startswith("."):
-                    out.append((here / d, ".hidden-dir:" + _rel(here / d, root) + "/"))
+            out.extend((here / d, True) for d in sorted(dirnames) if d.startswith("."))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        else:
+            dirnames.sort()
         for name in sorted(filenames):
             p = here / name
             if p.is_file():
-                out.append((p, _rel(p, root)))
+                out.append((p, False))
     return out
 
 

@@ -112,6 +112,10 @@ def test_glob_and_file_list_select_files(tmp_path: Path) -> None:
         "x/a.log", "y/c.log"]
     listed = find_corpus([tmp_path / "y" / "c.log", tmp_path / "x" / "b.txt"])
     assert [f.rel for f in listed.files] == ["x/b.txt", "y/c.log"]
+    mixed = find_corpus([tmp_path / "x", str(tmp_path / "y" / "*.log")])
+    assert [f.rel for f in mixed.files] == ["x/a.log", "x/b.txt", "y/c.log"]
+    with pytest.raises(UsageError, match="not found"):
+        find_corpus([tmp_path / "x", tmp_path / "nope.log"])
 
 
 def test_empty_corpus_is_a_one_line_usage_error(tmp_path: Path) -> None:
