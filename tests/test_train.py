@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -183,4 +182,3 @@ def test_train_config_rejects_bad_flags_in_cli_words() -> None:
         TrainConfig(qat_start=1.5, max_steps=1)
     with pytest.raises(UsageError, match="--max-steps or --max-time"):
         TrainConfig()
-    assert np.isclose(TrainConfig(max_time_s=1.0).lr, 2e-3)
