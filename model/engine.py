@@ -24,6 +24,7 @@ get weight exactly 0, which adds exactly 0 to the exact sums.
 
 from __future__ import annotations
 
+import math  # isqrt only: exact integer square root, no float
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,10 @@ import numpy as np
 from tinyzip.model.checkpoint import Checkpoint, load_checkpoint
 from tinyzip.model.config import ModelConfig
 
+from tinyzip.errors import UsageError
+
 if TYPE_CHECKING:
     from tinyzip.model.transformer_predictor import TransformerPredictor
-
-from tinyzip.errors import UsageError
 
 I64 = np.int64
 #: int8 activations use -127..127 (see checkpoint validation).
@@ -60,17 +61,30 @@ def _requant(acc: np.ndarray, mult: np.ndarray, shift: int) -> np.ndarray:
     return (acc * mult + (1 << (shift - 1))) >> shift
 
 
+def _clip(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    # two ufunc calls: np.clip's Python wrapper costs more than the work at small B
+    return np.minimum(np.maximum(x, lo), hi)
+
+
 def _clip8(x: np.ndarray) -> np.ndarray:
-    return np.clip(x, -QMAX, QMAX)
+    return _clip(x, -QMAX, QMAX)
+
+
+#: Below this many values, isqrt runs math.isqrt per value: faster than ~50 numpy calls.
+_SCALAR_ISQRT_MAX = 2048
 
 
 def isqrt(n: np.ndarray) -> np.ndarray:
     """floor(sqrt(n)) for int64 n >= 1, elementwise, in integer arithmetic only.
 
-    Starts at 2**ceil(bitlen/2) (at most twice the root, found by a binary search on
-    the bit length) and runs integer Newton steps, which decrease monotonically to
-    floor(sqrt(n)); 7 steps suffice from within a factor 2 for n < 2**63.
+    Few values: Python's exact integer ``math.isqrt``. Many: start at 2**ceil(bitlen/2)
+    (at most twice the root; the bit length by binary search) and run integer Newton
+    steps, which decrease monotonically to floor(sqrt(n)); 7 steps suffice from within
+    a factor 2 for n < 2**63. Both are exact, so they agree.
     """
+    if n.size <= _SCALAR_ISQRT_MAX:
+        roots = [math.isqrt(v) for v in n.ravel().tolist()]
+        return np.array(roots, dtype=I64).reshape(n.shape)
     m = n.copy()
     bitlen = np.ones_like(n)
     for s in (32, 16, 8, 4, 2, 1):
@@ -270,8 +284,8 @@ class Engine:
                         self._emb.shift)
 
     def _mlp_residual(self, layer: _Layer, x: np.ndarray) -> np.ndarray:
-        h = np.clip(self._linear(self._norm(x, layer.norm2), layer.fc), 0, QMAX)  # ReLU
-        return np.clip(x + self._linear(h, layer.down), -RES_LIMIT, RES_LIMIT)
+        h = _clip(self._linear(self._norm(x, layer.norm2), layer.fc), 0, QMAX)  # ReLU
+        return _clip(x + self._linear(h, layer.down), -RES_LIMIT, RES_LIMIT)
 
     def _split_heads(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """int8-valued (B, T, 3C) -> float32 q (B, H, T, hd), k_t (B, H, hd, T) and
@@ -304,9 +318,20 @@ class Engine:
 
     # ---- parallel mode (encoder) -------------------------------------------------
 
-    def tables_parallel(self, tokens: np.ndarray) -> np.ndarray:
+    @property
+    def receptive_field(self) -> int:
+        """How many earlier inputs a table can depend on: L (W - 1) (each layer looks
+        W - 1 positions further back)."""
+        return self.config.n_layers * (self.config.window - 1)
+
+    def tables_parallel(self, tokens: np.ndarray, *, chunk: int | None = None) -> np.ndarray:
         """tokens (B, T) symbols -> (B, T, V) uint32 tables; row t codes tokens[:, t]
-        given BOS and tokens[:, :t] (the last W - 1 of them, as in step mode)."""
+        given BOS and tokens[:, :t], exactly as step mode gives it.
+
+        ``chunk`` bounds memory for long T: rows are computed ``chunk`` at a time, each
+        chunk re-reading the ``receptive_field`` inputs before it, which is all a row
+        depends on, so the result is identical.
+        """
         tokens = np.asarray(tokens)
         if tokens.ndim != 2:
             raise UsageError(f"tables_parallel wants (B, T) tokens, got shape {tokens.shape}")
@@ -316,6 +341,20 @@ class Engine:
                                  tokens[:, :-1].astype(I64)], axis=1)  # (B, T)
         if b == 0 or t == 0:
             return np.zeros((b, t, self.n_symbols), dtype=np.uint32)
+        if chunk is None or chunk >= t:
+            return self._forward(inputs)
+        if chunk < 1:
+            raise UsageError(f"chunk must be >= 1, got {chunk}")
+        out = np.empty((b, t, self.n_symbols), dtype=np.uint32)
+        for start in range(0, t, chunk):
+            ctx = max(0, start - self.receptive_field)
+            end = min(t, start + chunk)
+            out[:, start:end] = self._forward(inputs[:, ctx:end])[:, start - ctx:]
+        return out
+
+    def _forward(self, inputs: np.ndarray) -> np.ndarray:
+        """inputs (B, T) ids, BOS included -> (B, T, V) tables after each input."""
+        b, t = inputs.shape
         x = self._embed(inputs)  # (B, T, C)
         w = self.config.window
         for layer in self._layers:
@@ -339,7 +378,7 @@ class Engine:
                                                     k_t[sl, :, :, ks:e_], v[sl, :, ks:e_],
                                                     dist, valid)
             o = out.transpose(0, 2, 1, 3).reshape(b, t, -1)  # (B, T, C)
-            x = np.clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
+            x = _clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
             x = self._mlp_residual(layer, x)
         return self._tables(x)
 
@@ -394,7 +433,7 @@ class Engine:
             v_cache[:n, :, slot] = v[:, :, 0]
             o = self._attend(layer, q, k_cache[:n], v_cache[:n], dist, valid)
             o = o.transpose(0, 2, 1, 3).reshape(n, 1, -1)  # (n, 1, C)
-            x = np.clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
+            x = _clip(x + self._linear(o, layer.proj), -RES_LIMIT, RES_LIMIT)
             x = self._mlp_residual(layer, x)
         self._t += 1
         return self._tables(x[:, 0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,34 @@ class TransformerPredictor(Predictor):
                              f"predict(), got {symbols.shape[0]}")
         self._inputs[: symbols.shape[0]] = symbols
         self._predicted = None
+
+    def tables_for_streams(self, streams: Sequence[np.ndarray], *,
+                           max_tokens: int = 1 << 15) -> list[np.ndarray]:
+        """Each stream's tables (len_i, V) uint32, computed by the engine's parallel pass.
+
+        The encoder knows every symbol, so it can get all tables at once instead of
+        through begin/predict/update; they are identical to what the lockstep protocol
+        (and so the decoder) gives. Streams are padded with 0 at the end (a table
+        never depends on later symbols) and run in groups of at most ``max_tokens``.
+        """
+        out: list[np.ndarray] = [np.zeros((0, self.n_symbols), dtype=np.uint32)] * len(streams)
+        order = sorted(range(len(streams)), key=lambda i: -len(streams[i]))
+        chunk = max(4 * self.engine.config.window, 1)
+        i = 0
+        while i < len(order):
+            longest = max(1, min(len(streams[order[i]]), chunk))
+            group = order[i:i + max(1, max_tokens // longest)]
+            i += len(group)
+            n = len(streams[group[0]])
+            if n == 0:
+                continue
+            batch = np.zeros((len(group), n), dtype=np.int64)
+            for row, j in enumerate(group):
+                batch[row, :len(streams[j])] = streams[j]
+            tables = self.engine.tables_parallel(batch, chunk=chunk)
+            for row, j in enumerate(group):
+                out[j] = tables[row, :len(streams[j])]
+        return out
 
     def to_symbols(self, raw: bytes) -> np.ndarray:
         if self._bytes:
