@@ -92,6 +92,31 @@ def text_to_bytes(text: str) -> bytes:
     return bytes(CHAR_TO_BYTE[c] for c in text)
 
 
+#: Inputs longer than this are encoded as pieces of about this size (see ``safe_cuts``).
+ENCODE_PIECE_BYTES = 1 << 16
+
+
+def safe_cuts(data: bytes, piece_bytes: int) -> list[int]:
+    """Offsets, about ``piece_bytes`` apart, where cutting cannot change a BPE encoding.
+
+    A position right after a newline and before a non-whitespace byte is always a
+    pre-token boundary of ``PRETOKENIZE_PATTERN``: the whitespace run ends there, and
+    only a space (never a newline) may open the next piece. Merges never cross
+    pre-token boundaries, so encoding the parts separately gives the same ids.
+    """
+    if len(data) <= piece_bytes:
+        return []
+    arr = np.frombuffer(data, dtype=np.uint8)
+    after_nl = np.flatnonzero(arr[:-1] == 0x0A) + 1
+    nxt = arr[after_nl]
+    ok = after_nl[(nxt > 0x20) & (nxt != 0x7F)]
+    if len(ok) == 0:
+        return []
+    targets = np.arange(piece_bytes, len(data), piece_bytes)
+    picked = ok[np.minimum(np.searchsorted(ok, targets), len(ok) - 1)]
+    return sorted({int(c) for c in picked if 0 < c < len(data)})
+
+
 class Tokenizer(Protocol):
     """What training and export need from a tokenizer."""
 
@@ -252,8 +277,17 @@ class BpeTokenizer(_TableDecoder):
     def encode(self, data: bytes) -> np.ndarray:
         if not data:
             return np.zeros(0, dtype=np.int64)
-        ids = self._tokenizer().encode(bytes_to_text(data), add_special_tokens=False).ids
-        return np.asarray(ids, dtype=np.int64)
+        tok = self._tokenizer()
+        cuts = safe_cuts(data, ENCODE_PIECE_BYTES)
+        if not cuts:
+            ids = tok.encode(bytes_to_text(data), add_special_tokens=False).ids
+            return np.asarray(ids, dtype=np.int64)
+        # Same ids as one call (the cuts are pre-token boundaries), but the library
+        # encodes the pieces on all cores and never builds one huge Encoding.
+        bounds = [0, *cuts, len(data)]
+        texts = [bytes_to_text(data[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        encodings = tok.encode_batch(texts, add_special_tokens=False)
+        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encodings])
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "bpe", "vocab_size": self.vocab_size, "tokenizer": json.loads(self._json)}

@@ -329,3 +329,15 @@ def test_table_and_merges_rebuild_the_same_bpe_encoder(bpe: BpeTokenizer) -> Non
                                            ByteTokenizer().checkpoint_spec()), ByteTokenizer)
     with pytest.raises(UsageError):
         tokenizer_from_table(bpe.id_to_bytes()[:-1], spec)
+
+
+def test_bpe_encodes_long_inputs_in_pieces_with_the_same_ids(
+    bpe: BpeTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tinyzip.data.tokenizer as tokenizer_module
+
+    data = (LOG + b"\n\n  indented\n\tTab\n" + INVALID_UTF8) * 3
+    whole = bpe.encode(data)
+    monkeypatch.setattr(tokenizer_module, "ENCODE_PIECE_BYTES", 100)
+    assert len(tokenizer_module.safe_cuts(data, 100)) > 10
+    assert np.array_equal(bpe.encode(data), whole)
