@@ -206,6 +206,11 @@ def test_zero_length_streams_give_empty_payloads() -> None:
     StreamDecoder(payloads, freq_bits=16).finish()
     assert encode_streams(np.zeros((4, 0)), np.zeros((4, 0)), np.zeros(0), freq_bits=16) == []
     StreamDecoder([], freq_bits=16).finish()
+    # a step with no active stream left is allowed and decodes nothing
+    decoder = StreamDecoder(payloads, freq_bits=16)
+    assert decoder.decode(np.zeros((0, 256), np.uint32)).shape == (0,)
+    assert decoder.n_active == 0
+    decoder.finish()
 
 
 def test_encoder_ignores_entries_past_stream_length() -> None:
