@@ -361,7 +361,7 @@ class Engine:
             q, k_t, v = self._split_heads(_clip8(self._linear(self._norm(x, layer.norm1),
                                                               layer.qkv)))
             out = np.empty(q.shape, dtype=I64)  # (B, H, T, hd)
-            q_block = min(t, w)
+            q_block = min(t, max(16, w // 8))  # keys per block: q_block + W - 1
             for s in range(0, t, q_block):
                 e_ = min(t, s + q_block)
                 ks = max(0, s - w + 1)  # first key any query of the block can see
