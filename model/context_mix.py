@@ -1,0 +1,612 @@
+"""The reference adaptive predictor: bitwise context mixing, integer only, over B streams.
+
+An lpaq-style model that needs no training. Each byte is coded as 8 binary decisions,
+most significant bit first. For every bit, a set of contexts (order-0..6 byte contexts,
+a word hash, log-line structure: the byte above in the previous line, the field index)
+each select a 16-entry slot of adaptive bit counters; a match model predicts the bit that
+followed the longest recent repeat; a logistic mixer (weights chosen by the partial byte
+and the match state) combines their stretched probabilities; two APM/SSE stages refine
+the result. Every number is an integer and every nonlinearity a lookup table built with
+integer arithmetic, so encoder and decoder agree bit for bit on every machine.
+
+State layout (see docs/context_mix.md):
+
+* shared by all streams, kept by ``begin`` and cleared by ``reset``: the counter table
+  (all contexts and the match model's counters in one flat int64 array), the mixer
+  weights, the APM tables. The B streams of a frame are chunks of one file, so they learn
+  from each other. Several streams may hit the same entry in one step: every update is an
+  integer delta computed from the pre-step values and applied with ``np.add.at``
+  (addition commutes, so the result does not depend on the order of the streams).
+* per stream, cleared by ``begin``: the last 8 bytes, the partial byte, the word / column /
+  field state, the match pointer, and the stream's row of the match history buffer.
+
+To add an input later (e.g. the transformer's bit probability, from partial sums of its
+256-entry table) the mixer only needs one more column in ``_x`` and in the weights:
+``_n_inputs`` is the single place that counts them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tinyzip.model.predictor import Predictor
+
+from tinyzip.errors import CorruptInputError
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+
+VERSION = 1
+
+#: Contexts a model may use, in the order they appear as mixer inputs.
+#: o0..o6: the last k bytes; word: hash of the current alphanumeric word (and the byte
+#: before it); column: the byte above in the previous line with the last byte; field:
+#: the whitespace-separated field index of the line with the current word.
+CONTEXT_NAMES = ("o0", "o1", "o2", "o3", "o4", "o6", "word", "column", "field")
+
+#: ``level`` presets: fewer contexts run faster (each context costs work per bit).
+LEVELS: dict[int, tuple[str, ...]] = {
+    1: ("o1", "o2", "o3", "o4"),
+    2: ("o0", "o1", "o2", "o3", "o4", "o6"),
+    3: ("o0", "o1", "o2", "o3", "o4", "o6", "word", "column", "field"),
+}
+DEFAULT_LEVEL = 3
+
+# Bounds for parameters read from an archive header: a hostile header must not make the
+# decoder allocate more than about 2**24 entries per table (128 MiB of int64).
+MAX_TABLE_BITS = 24
+MIN_TABLE_BITS = 10
+
+# Counter entries pack a 22-bit probability of a 1 and a 10-bit count: v = p << 10 | n.
+# They live in int64 because k streams adding deltas to one entry in the same step can
+# push p outside [0, 2**22). Readers clip p, and every delta is computed from the CLIPPED
+# value, so an entry overshoots by at most k * rate * 2**22 and cannot run away (deltas
+# from the raw value would oscillate with growing amplitude once k * rate > 2). The count
+# can likewise pass its limit by up to k - 1; limits stay <= 896 so that it fits for
+# k <= 128 (beyond, a carry moves p by 2**-22: harmless, and still deterministic).
+P_BITS = 22
+P_MAX = (1 << P_BITS) - 1
+N_BITS = 10
+N_MASK = (1 << N_BITS) - 1
+P_HALF = 1 << (P_BITS - 1)
+
+# Odd 64-bit constants for multiplicative (Fibonacci) hashing; uint64 products wrap.
+_H1 = 0x9E3779B97F4A7C15
+_H2 = 0xC2B2AE3D27D4EB4F
+_H3 = 0x165667B19E3779F9
+
+
+def _squash_table() -> I64:
+    """squash(x) = 4096 / (1 + e^(-x/256)) for x in [-2047, 2047], as 12-bit integers.
+
+    Interpolated from lpaq1's 33 stored points with integer arithmetic only, so the
+    table is identical on every machine (no libm call anywhere).
+    """
+    pts = [
+        int(v)
+        for v in (
+            "1 2 3 6 10 16 27 45 73 120 194 310 488 747 1101 1546 2047 2549 2994 3348 3607 "
+            "3785 3901 3975 4022 4050 4068 4079 4085 4089 4092 4093 4094"
+        ).split()
+    ]
+    out = np.empty(4096, dtype=np.int64)
+    for i, x in enumerate(range(-2048, 2048)):
+        xc = min(max(x, -2047), 2047)
+        w = xc & 127
+        d = (xc >> 7) + 16
+        out[i] = (pts[d] * (128 - w) + pts[d + 1] * w + 64) >> 7
+    return out
+
+
+SQUASH = _squash_table()  # index x + 2048, x in [-2048, 2047] -> p in [1, 4095]
+
+
+def _stretch_table() -> I64:
+    """stretch(p) = ln(p / (1 - p)) * 256 for 12-bit p: the inverse of ``SQUASH``."""
+    out = np.empty(4096, dtype=np.int64)
+    pi = 0
+    for x in range(-2047, 2048):
+        v = int(SQUASH[x + 2048])
+        for j in range(pi, v + 1):
+            out[j] = x
+        pi = max(pi, v + 1)
+    out[pi:] = 2047
+    return out
+
+
+STRETCH = _stretch_table()
+
+# Adaptive counter rate 1/(n + 1.5) in Q16: fast while a context is young, then slower.
+RECIP = np.array([131072 // (2 * n + 3) for n in range(1 << N_BITS)], dtype=np.int64)
+
+# Match length -> bucket (0 = no match), roughly logarithmic beyond 16.
+_MLB = np.minimum(np.arange(64), 15)
+_MLB[16:] = 16 + (np.arange(16, 64) - 16) // 16
+MATCH_BUCKET = np.concatenate([_MLB, [19]]).astype(np.int64)  # 20 buckets
+N_MATCH_BUCKETS = 20
+
+# Which bytes continue a word: digits and letters (ASCII), and bytes >= 128 (UTF-8).
+_WORD = np.zeros(256, dtype=bool)
+for _c in range(256):
+    _WORD[_c] = chr(_c).isalnum() if _c < 128 else True
+WORD_BYTE = _WORD
+
+APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
+
+
+def _u64(x: npt.ArrayLike) -> U64:
+    return np.asarray(x, dtype=np.uint64)
+
+
+class ContextMixPredictor(Predictor):
+    """Bitwise context-mixing predictor; see the module docstring for the model."""
+
+    name = "cm"
+    n_symbols = 2
+    freq_bits = 16
+
+    def __init__(
+        self,
+        *,
+        level: int | None = None,
+        contexts: tuple[str, ...] | list[str] | None = None,
+        table_bits: int = 22,
+        history_bits: int = 22,
+        match_hash_bits: int = 20,
+        match_min: int = 6,
+        counter_limit: int = 255,
+        mixer_shift: int = 13,
+        mixer_init: int = 1 << 14,
+        apm_limit: int = 12,
+    ) -> None:
+        if contexts is None:
+            lvl = DEFAULT_LEVEL if level is None else level
+            if lvl not in LEVELS:
+                raise ValueError(f"level must be one of {sorted(LEVELS)}, got {lvl}")
+            contexts = LEVELS[lvl]
+        elif level is not None:
+            raise ValueError("give either level or contexts, not both")
+        contexts = tuple(contexts)
+        bad = [c for c in contexts if c not in CONTEXT_NAMES]
+        if bad or len(set(contexts)) != len(contexts) or not contexts:
+            raise ValueError(
+                f"contexts must be distinct names from {CONTEXT_NAMES}, got {contexts}"
+            )
+        for nm, val, lo, hi in (
+            ("table_bits", table_bits, MIN_TABLE_BITS, MAX_TABLE_BITS),
+            ("history_bits", history_bits, 12, MAX_TABLE_BITS),
+            ("match_hash_bits", match_hash_bits, 8, MAX_TABLE_BITS),
+            ("match_min", match_min, 2, 8),
+            ("counter_limit", counter_limit, 1, (1 << N_BITS) - 128),
+            ("mixer_shift", mixer_shift, 4, 24),
+            ("mixer_init", mixer_init, 0, 1 << 17),
+            ("apm_limit", apm_limit, 1, (1 << N_BITS) - 128),
+        ):
+            if not isinstance(val, int) or isinstance(val, bool) or not lo <= val <= hi:
+                raise ValueError(f"{nm} must be an integer in [{lo}, {hi}], got {val!r}")
+        # Keep the canonical context order so descriptors compare equal.
+        self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
+        self.table_bits = table_bits
+        self.history_bits = history_bits
+        self.match_hash_bits = match_hash_bits
+        self.match_min = match_min
+        self.counter_limit = counter_limit
+        self.mixer_shift = mixer_shift
+        self.mixer_init = mixer_init
+        self.apm_limit = apm_limit
+
+        # One flat int64 table holds every shared, learned number, so that one gather
+        # per group and ONE np.add.at per bit update them all (numpy calls per bit are
+        # what costs time). Layout, in order:
+        #   context counters: o0 and o1 direct-indexed (17 slots of 16 counters per byte
+        #     context: one slot for the high nibble, 16 for the low nibble after each
+        #     high nibble); other contexts hashed into 2**table_bits counters each;
+        #   match counters: (length bucket, expected bit, bit position);
+        #   APM1: 256 partial bytes x 24 points; APM2: 65536 (partial byte, last byte) x 24;
+        #   mixer weights: 1024 weight sets (partial byte x match bucket) x inputs.
+        offs: list[int] = []
+        pos = 0
+        for c in self.contexts:
+            offs.append(pos)
+            pos += {"o0": 17 * 16, "o1": 256 * 17 * 16}.get(c, 1 << table_bits)
+        self._match_off = pos
+        pos += N_MATCH_BUCKETS * 2 * 16
+        self._apm1_off = pos
+        pos += 256 * APM_POINTS
+        self._apm2_off = pos
+        pos += (1 << 16) * APM_POINTS
+        self._w_off = pos
+        self._n_ctx = len(self.contexts)
+        # Mixer inputs: one per context, the match model, a bias. A future input (the
+        # transformer's stretched bit probability) is one more column here.
+        self._n_inputs = self._n_ctx + 2
+        # Two weight sets are selected per bit and their dot products add up (a mixer
+        # whose weights are shared along two contexts): set A by the partial byte and
+        # the match bucket (1024 sets), set B by the last byte and the bit position
+        # (2048 sets, at _w2_off).
+        self._n_wsets = 256 * 4 + 256 * 8
+        self._w2_off = pos + 256 * 4 * self._n_inputs
+        pos += self._n_wsets * self._n_inputs
+        self._table_size = pos
+        self._ctx_off = np.array(offs, dtype=np.int64)
+        direct = np.array([c in ("o0", "o1") for c in self.contexts])
+        self._hashed_cols = np.flatnonzero(~direct)
+        orders = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o6": 6}
+        self._n_orders = sum(1 for c in self.contexts if c in orders)
+        self._order_masks = np.array(
+            [(1 << (8 * orders[c])) - 1 for c in self.contexts if c in orders], dtype=np.uint64
+        )
+        self._log_cols = [(j, c) for j, c in enumerate(self.contexts) if c not in orders]
+        self._direct_cols = np.flatnonzero(direct)
+        # Columns of the per-step index/value/delta buffers:
+        #   [0, nc) contexts, nc match, [nc+1, nc+5) APM points, [nc+5, nc+5+2ni) weights
+        #   of set A then set B.
+        nc = self._n_ctx
+        self._c_apm = nc + 1
+        self._c_w = nc + 5
+        self._n_cols = nc + 5 + 2 * self._n_inputs
+        self._lim = np.array([counter_limit] * (nc + 1) + [apm_limit] * 4, dtype=np.int64)
+        self._w_cols = np.arange(self._n_inputs, dtype=np.int64)
+        # APM interpolation weights as affine maps of wt, with APM2 counted twice in the
+        # final average: p = (mixer + APM1 + 2 * APM2) / 4.
+        self._apm_wmul = np.array([-1, 1, -2, 2], dtype=np.int64)
+        self._apm_wadd = np.array([4096, 0, 8192, 0], dtype=np.int64)
+        self.reset()
+
+    # ----------------------------------------------------------------- descriptor
+
+    def descriptor(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": VERSION,
+            "params": {
+                "contexts": list(self.contexts),
+                "table_bits": self.table_bits,
+                "history_bits": self.history_bits,
+                "match_hash_bits": self.match_hash_bits,
+                "match_min": self.match_min,
+                "counter_limit": self.counter_limit,
+                "mixer_shift": self.mixer_shift,
+                "mixer_init": self.mixer_init,
+                "apm_limit": self.apm_limit,
+            },
+        }
+
+    # ------------------------------------------------------------------ symbols
+
+    def to_symbols(self, raw: bytes) -> np.ndarray:
+        return np.unpackbits(np.frombuffer(raw, dtype=np.uint8)).astype(np.int64)
+
+    def from_symbols(self, symbols: np.ndarray) -> bytes:
+        bits = np.asarray(symbols)
+        if bits.size % 8:
+            raise CorruptInputError(f"bit count {bits.size} is not a whole number of bytes")
+        return np.packbits(bits.astype(np.uint8)).tobytes()
+
+    # -------------------------------------------------------------------- state
+
+    def reset(self) -> None:
+        t = np.full(self._table_size, P_HALF << N_BITS, dtype=np.int64)  # p = 1/2, n = 0
+        # APM tables start as the identity map: point j holds squash of its stretch value.
+        xs = np.clip(np.arange(APM_POINTS) * 4096 // (APM_POINTS - 1) - 2048, -2047, 2047)
+        ident = (SQUASH[xs + 2048] << (P_BITS - 12)) << N_BITS
+        t[self._apm1_off : self._apm2_off] = np.tile(ident, 256)
+        t[self._apm2_off : self._w_off] = np.tile(ident, 1 << 16)
+        t[self._w_off :] = self.mixer_init // 2  # two sets add up to mixer_init
+        self._t = t
+        self.begin(0)
+
+    def begin(self, n_streams: int) -> None:
+        if not isinstance(n_streams, (int, np.integer)) or n_streams < 0:
+            raise ValueError(f"n_streams must be an integer >= 0, got {n_streams!r}")
+        b = int(n_streams)
+        self._b = b
+        self._n_prev = b  # active streams of the previous step (they only ever decrease)
+        self._bit = 0  # bit position in the byte, common to all streams (lockstep)
+        self._step = 0  # byte steps done since begin = position of the current byte
+        self._c0 = np.ones(b, dtype=np.int64)  # partial byte with a leading 1
+        self._c0n = np.ones(b, dtype=np.int64)  # partial nibble with a leading 1
+        self._h8 = np.zeros(b, dtype=np.uint64)  # last 8 bytes, newest lowest
+        self._wordh = np.zeros(b, dtype=np.uint64)
+        self._col = np.zeros(b, dtype=np.int64)
+        self._field = np.zeros(b, dtype=np.int64)
+        self._line = np.zeros(b, dtype=np.int64)  # position where the current line starts
+        self._pline = np.zeros(b, dtype=np.int64)  # ... and the previous line
+        self._above = np.full(b, 256, dtype=np.int64)  # 256: no byte above
+        # Match model. Each stream owns a ring of the history buffer; the hash table of
+        # the last match_min bytes is shared, so a stream can continue another's repeat.
+        self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
+        self._ring = 1 << self._ring_bits
+        self._hist = np.zeros(max(b, 1) << self._ring_bits, dtype=np.uint8)
+        self._mtab = np.zeros(1 << self.match_hash_bits, dtype=np.int64)  # (pos+1)<<16|row
+        self._mlen = np.zeros(b, dtype=np.int64)
+        self._mptr = np.zeros(b, dtype=np.int64)  # flat index into _hist of the predicted byte
+        self._mok = np.zeros(b, dtype=bool)  # a match predicts, and agrees with the bits so far
+        self._rows = np.arange(b, dtype=np.int64)
+        # Per-step buffers (index, value, delta of every table entry touched, mixer inputs).
+        self._idx = np.zeros((b, self._n_cols), dtype=np.int64)
+        self._val = np.zeros((b, self._n_cols), dtype=np.int64)
+        self._dlt = np.zeros((b, self._n_cols), dtype=np.int64)
+        self._pcl = np.zeros((b, self._c_w), dtype=np.int64)
+        # Mixer inputs, twice: one copy per weight set (last column of each: the bias).
+        self._x = np.full((b, 2 * self._n_inputs), 256, dtype=np.int64)
+        self._wbase = np.zeros((b, 2), dtype=np.int64)
+        self._blk = np.zeros((b, self._n_ctx), dtype=np.int64)
+        self._abase = np.zeros((b, 4), dtype=np.int64)
+        self._abase[:, 0] = self._apm1_off
+        self._abase[:, 1] = self._apm1_off + 1
+        self._ctx_vals = np.zeros((b, self._n_ctx), dtype=np.uint64)
+        self._predicted = -1
+        self._byte_contexts(b)
+
+    def state_digest(self) -> str:
+        """SHA-256 (hex) of every shared learned number: what golden tests pin."""
+        return hashlib.sha256(self._t.astype("<i8").tobytes()).hexdigest()
+
+    # ------------------------------------------------------------ per-byte work
+
+    def _byte_contexts(self, n: int) -> None:
+        """Context values of the byte about to be coded (streams 0..n-1), and their slots."""
+        h8 = self._h8[:n]
+        c1 = h8 & _u64(0xFF)
+        # Order-k contexts: the last k bytes, all at once.
+        # (They come first: CONTEXT_NAMES lists them first and contexts keep its order.)
+        np.bitwise_and(h8[:, None], self._order_masks, out=self._ctx_vals[:n, : self._n_orders])
+        for j, c in self._log_cols:
+            if c == "word":
+                v = (self._wordh[:n] + c1) * _u64(_H2)
+            elif c == "column":
+                v = (self._above[:n].astype(np.uint64) << _u64(8)) | c1
+            else:  # field
+                v = self._wordh[:n] * _u64(_H3) + self._field[:n].astype(np.uint64)
+            self._ctx_vals[:n, j] = v
+        self._nibble_slots(n, np.zeros(n, dtype=np.int64))
+        # Match model: counter slot per bit (length bucket, expected bit, bit position),
+        # weight-set offset (match bucket 0..3), APM2 context (last byte).
+        mbucket = np.where(self._mok[:n], MATCH_BUCKET[np.minimum(self._mlen[:n], 64)], 0)
+        mbyte = self._hist[self._mptr[:n]].astype(np.int64)
+        shifts = np.arange(7, -1, -1, dtype=np.int64)
+        self._ebit = (mbyte[:, None] >> shifts) & 1  # (n, 8) the bits the match predicts
+        self._midx = self._match_off + (mbucket[:, None] * 2 + self._ebit) * 16 + np.arange(8)
+        self._wsel = np.minimum(mbucket, 3) << 8
+        self._wsel2 = self._w2_off + (c1.astype(np.int64) << 3) * self._n_inputs
+        # APM points (lo, lo + 1) of APM1 (partial byte) and APM2 (and the last byte).
+        a2 = self._apm2_off + (c1.astype(np.int64) << 8) * APM_POINTS
+        self._abase[:n, 2] = a2
+        self._abase[:n, 3] = a2 + 1
+
+    def _nibble_slots(self, n: int, hi: I64) -> None:
+        """Choose each context's 16-counter slot for the next nibble of streams 0..n-1.
+
+        ``hi`` is 0 for the high nibble, 1 + the high nibble for the low one.
+        """
+        if n == 0:
+            return
+        blk = self._blk
+        if self._direct_cols.size:
+            v = self._ctx_vals[:n, self._direct_cols].astype(np.int64)
+            blk[:n, self._direct_cols] = (
+                self._ctx_off[self._direct_cols] + (v * 17 + hi[:, None]) * 16
+            )
+        if self._hashed_cols.size:
+            hv = self._ctx_vals[:n, self._hashed_cols]
+            cols = self._hashed_cols.astype(np.uint64)
+            h = (hv + hi.astype(np.uint64)[:, None] * _u64(_H3) + cols) * _u64(_H1)
+            h = (h ^ (h >> _u64(29))) * _u64(_H2)
+            slot = (h >> _u64(64 - (self.table_bits - 4))).astype(np.int64)
+            blk[:n, self._hashed_cols] = self._ctx_off[self._hashed_cols] + slot * 16
+
+    def _end_byte(self, n: int) -> None:
+        """The byte of streams 0..n-1 is complete: update the per-stream history."""
+        byte = self._c0[:n] - 256  # (n,)
+        rows = self._rows[:n]
+        pos = self._step  # position of this byte in every active stream
+        ring_mask = self._ring - 1
+        hist = self._hist
+        row_base = rows << self._ring_bits
+        hist[row_base + (pos & ring_mask)] = byte.astype(np.uint8)
+        ub = byte.astype(np.uint64)
+        self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
+
+        # Log structure: word hash, column, field index, line starts, the byte above.
+        is_word = WORD_BYTE[byte]
+        self._wordh[:n] = np.where(is_word, (self._wordh[:n] + ub + _u64(1)) * _u64(_H1), _u64(0))
+        nl = byte == 10
+        self._pline[:n] = np.where(nl, self._line[:n], self._pline[:n])
+        self._line[:n] = np.where(nl, pos + 1, self._line[:n])
+        self._col[:n] = np.where(nl, 0, self._col[:n] + 1)
+        self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), 63))
+        ab_pos = self._pline[:n] + self._col[:n]
+        # The byte above exists when the previous line is long enough and still in the ring.
+        has_above = (ab_pos < self._line[:n]) & (pos + 1 - ab_pos <= ring_mask)
+        above = hist[row_base + (ab_pos & ring_mask)].astype(np.int64)
+        self._above[:n] = np.where(has_above, above, 256)
+
+        # Match model: extend the current match, or look one up by the last match_min bytes.
+        ok = self._mok[:n]  # still true after 8 bits: the predicted byte was right
+        mlen = np.where(ok, np.minimum(self._mlen[:n] + 1, 65535), 0)
+        mptr = self._mptr[:n]
+        mptr = ((mptr >> self._ring_bits) << self._ring_bits) + ((mptr + 1) & ring_mask)
+        nxt = pos + 1
+        if nxt >= self.match_min:
+            key_mask = _u64((1 << (8 * self.match_min)) - 1)
+            key = ((self._h8[:n] & key_mask) * _u64(_H2)) >> _u64(64 - self.match_hash_bits)
+            key_i = key.astype(np.int64)
+            cand = self._mtab[key_i]
+            found = (~ok) & (cand > 0)
+            if found.any():
+                c_pos = (cand >> 16) - 1  # position of the byte after the candidate context
+                c_row = cand & 0xFFFF
+                # Verify the candidate on up to 16 preceding bytes: hash collisions and
+                # overwritten ring slots give lengths below match_min and are dropped.
+                back = np.arange(1, 17, dtype=np.int64)
+                own = hist[row_base[:, None] + ((nxt - back) & ring_mask)]
+                oth = hist[
+                    (c_row[:, None] << self._ring_bits) + ((c_pos[:, None] - back) & ring_mask)
+                ]
+                valid = (back <= c_pos[:, None]) & (nxt - c_pos[:, None] + back <= ring_mask)
+                eq = (own == oth) & valid
+                vlen = np.cumprod(eq, axis=1).sum(axis=1)
+                take = found & (vlen >= self.match_min)
+                mlen = np.where(take, vlen, mlen)
+                mptr = np.where(take, (c_row << self._ring_bits) + (c_pos & ring_mask), mptr)
+            # Record this position; several streams may share a key, so keep the maximum
+            # (the most recent position, then the highest row): order-independent.
+            np.maximum.at(self._mtab, key_i, ((nxt + 1) << 16) | rows)
+        self._mlen[:n] = mlen
+        self._mptr[:n] = mptr
+        self._mok[:n] = mlen > 0
+        self._step += 1
+
+    # ---------------------------------------------------------------- lockstep
+
+    def predict(self, n_active: int) -> np.ndarray:
+        n = int(n_active)
+        if not 0 <= n <= self._n_prev or (self._bit and n != self._n_prev):
+            raise ValueError(
+                f"n_active must be <= {self._n_prev} and only change on byte boundaries, got {n}"
+            )
+        self._n_prev = n
+        bit = self._bit
+        nc = self._n_ctx
+        c0 = self._c0[:n]
+        idx = self._idx[:n]
+        val = self._val[:n]
+        x = self._x[:n]
+        mok = self._mok[:n]
+        # Context counters: the context's slot plus the position in the nibble; the match
+        # counter (slot 0 of bucket 0 when no match predicts).
+        np.add(self._blk[:n], self._c0n[:n, None], out=idx[:, :nc])
+        idx[:, nc] = np.where(mok, self._midx[:n, bit], self._match_off + bit)
+        val[:, : nc + 1] = self._t[idx[:, : nc + 1]]
+        pc = self._pcl[:n, : nc + 1]  # probabilities, clipped into [0, 2**22)
+        np.right_shift(val[:, : nc + 1], N_BITS, out=pc)
+        np.minimum(pc, P_MAX, out=pc)
+        np.maximum(pc, 0, out=pc)
+        ni = self._n_inputs
+        x[:, : nc + 1] = STRETCH[pc >> (P_BITS - 12)]
+        x[:, ni : ni + nc + 1] = x[:, : nc + 1]
+        # Mixer: set A by partial byte and match state, set B by last byte and bit.
+        wb = self._wbase[:n]
+        wb[:, 0] = (c0 + mok * self._wsel[:n]) * ni + self._w_off
+        wb[:, 1] = self._wsel2[:n] + bit * ni
+        np.add(wb[:, :, None], self._w_cols, out=idx[:, self._c_w :].reshape(n, 2, ni))
+        w = self._t[idx[:, self._c_w :]]
+        dot = np.einsum("ij,ij->i", x, w) >> 16
+        np.minimum(dot, 2047, out=dot)
+        np.maximum(dot, -2047, out=dot)
+        dot += 2048
+        p12 = SQUASH[dot]
+        # APM/SSE: interpolate between the two points around the mixer's stretch value.
+        posn = dot * (APM_POINTS - 1)
+        wt = posn & 4095
+        a = c0 * APM_POINTS + (posn >> 12)
+        ia = idx[:, self._c_apm : self._c_w]
+        np.add(self._abase[:n], a[:, None], out=ia)
+        va = val[:, self._c_apm : self._c_w]
+        va[...] = self._t[ia]
+        pa = self._pcl[:n, self._c_apm :]
+        np.right_shift(va, N_BITS, out=pa)
+        np.minimum(pa, P_MAX, out=pa)
+        np.maximum(pa, 0, out=pa)
+        wts = wt[:, None] * self._apm_wmul + self._apm_wadd
+        # (mixer + APM1 + 2 * APM2) / 4, APM values in 22 bits weighted by 12-bit wts.
+        s_apm = np.einsum("ij,ij->i", pa, wts)
+        p16 = ((p12 << P_BITS) + s_apm) >> (P_BITS - 16 + 12 + 2)  # p12 << 10 is 22-bit, x4096
+        # No clip needed: p12 in [1, 4095] and APM values clipped to 22 bits give
+        # p16 in [4, 65531] (the APM weights sum to 3 * 4096).
+        self._p12 = p12
+        self._predicted = n
+        out = np.empty((n, 2), dtype=np.uint32)
+        out[:, 1] = p16
+        out[:, 0] = 65536 - p16
+        return out
+
+    def update(self, symbols: np.ndarray) -> None:
+        y = np.asarray(symbols, dtype=np.int64)
+        n = self._predicted
+        if y.shape != (n,):
+            raise ValueError(f"update needs the {n} symbols of the last predict, got {y.shape}")
+        self._predicted = -1
+        val = self._val[:n, : self._c_w]
+        dlt = self._dlt[:n]
+        # Counters (contexts, match, APM points): move p toward the bit by 1/(count+1.5),
+        # count up to the column's limit. Deltas come from pre-step values and add up in
+        # np.add.at, so streams that share an entry do not depend on stream order.
+        cnt = val & N_MASK
+        d = dlt[:, : self._c_w]
+        np.subtract((y << P_BITS)[:, None], self._pcl[:n], out=d)
+        d *= RECIP[cnt]
+        d >>= 16
+        d <<= N_BITS
+        d += cnt < self._lim
+        # Mixer: gradient step on coding cost, err in 12-bit probability units.
+        err = (y << 12) - self._p12
+        dw = dlt[:, self._c_w :]
+        np.multiply(self._x[:n], err[:, None], out=dw)
+        dw += 1 << (self.mixer_shift - 1)
+        dw >>= self.mixer_shift
+        np.add.at(self._t, self._idx[:n].ravel(), dlt.ravel())
+        # Partial byte and nibble; the match stays on only while its bits were right.
+        bit = self._bit
+        self._mok[:n] &= self._ebit[:n, bit] == y
+        self._c0[:n] = (self._c0[:n] << 1) | y
+        self._c0n[:n] = (self._c0n[:n] << 1) | y
+        self._bit = bit + 1
+        if self._bit == 4:
+            self._c0n[:n] = 1
+            self._nibble_slots(n, self._c0[:n] - 15)  # 1 + the high nibble
+        elif self._bit == 8:
+            self._end_byte(n)
+            self._bit = 0
+            self._c0[:n] = 1
+            self._c0n[:n] = 1
+            self._byte_contexts(n)
+
+
+def from_descriptor(desc: Any) -> ContextMixPredictor:
+    """Rebuild a predictor from ``descriptor()`` output read from an archive header."""
+    if not isinstance(desc, dict) or desc.get("name") != "cm":
+        raise CorruptInputError(f"not a context-mixing descriptor: {desc!r}")
+    if desc.get("version") != VERSION:
+        raise CorruptInputError(f"unknown context-mixing version {desc.get('version')!r}")
+    params = desc.get("params")
+    if not isinstance(params, dict):
+        raise CorruptInputError(f"context-mixing params must be an object, got {params!r}")
+    allowed = _PARAM_NAMES
+    unknown = set(params) - allowed
+    if unknown:
+        raise CorruptInputError(f"unknown context-mixing params {sorted(unknown)}")
+    missing = allowed - set(params)
+    if missing:
+        raise CorruptInputError(f"missing context-mixing params {sorted(missing)}")
+    kwargs = dict(params)
+    ctx = kwargs.get("contexts")
+    if not isinstance(ctx, list) or not all(isinstance(c, str) for c in ctx):
+        raise CorruptInputError(f"context-mixing contexts must be a list of names, got {ctx!r}")
+    kwargs["contexts"] = tuple(ctx)
+    try:
+        pred = ContextMixPredictor(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise CorruptInputError(f"bad context-mixing params: {exc}") from None
+    if pred.descriptor() != desc:
+        raise CorruptInputError(f"non-canonical context-mixing descriptor: {desc!r}")
+    return pred
+
+
+_PARAM_NAMES = frozenset(
+    {
+        "contexts",
+        "table_bits",
+        "history_bits",
+        "match_hash_bits",
+        "match_min",
+        "counter_limit",
+        "mixer_shift",
+        "mixer_init",
+        "apm_limit",
+    }
+)

@@ -1,0 +1,315 @@
+"""Behaviour of the bitwise context-mixing predictor (tinyzip.model.context_mix)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tinyzip.model import context_mix
+from tinyzip.model.context_mix import ContextMixPredictor, from_descriptor
+
+from tinyzip.errors import CorruptInputError
+
+GOLDEN = Path(__file__).parent / "golden" / "context_mix.json"
+
+# Small tables keep each test fast; the defaults allocate a few hundred MiB.
+SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits": 10}
+
+
+def small(**kw: Any) -> ContextMixPredictor:
+    return ContextMixPredictor(**{**SMALL, **kw})
+
+
+def log_text(n_lines: int, seed: int = 0) -> bytes:
+    """Deterministic log-like lines: repeated words, fields, counters."""
+    rng = random.Random(seed)
+    levels = ["INFO", "WARN", "DEBUG", "ERROR"]
+    out = []
+    for i in range(n_lines):
+        out.append(
+            f"2024-03-{1 + i % 28:02d} 12:{i % 60:02d}:{(i * 7) % 60:02d} {rng.choice(levels)} "
+            f"worker-{rng.randrange(8)} processed {rng.randrange(10000)} items in "
+            f"{rng.randrange(500)} ms\n"
+        )
+    return "".join(out).encode()
+
+
+def run(pred: ContextMixPredictor, streams: list[bytes], *, check: bool = True) -> str:
+    """Code ``streams`` (one frame, lockstep) and return SHA-256 of every emitted table.
+
+    Streams must be sorted by non-increasing length (active streams are a prefix).
+    """
+    lens = [len(s) * 8 for s in streams]
+    assert lens == sorted(lens, reverse=True)
+    syms = [pred.to_symbols(s) for s in streams]
+    h = hashlib.sha256()
+    pred.begin(len(streams))
+    for t in range(max(lens, default=0)):
+        n = sum(1 for ln in lens if ln > t)
+        tab = pred.predict(n)
+        if check:
+            assert tab.shape == (n, 2)
+            assert tab.dtype == np.uint32
+            assert (tab.sum(axis=1, dtype=np.int64) == 1 << pred.freq_bits).all()
+            assert tab.min() >= 1
+        h.update(tab.astype("<u4").tobytes())
+        pred.update(np.array([s[t] for s in syms[:n]], dtype=np.int64))
+    return h.hexdigest()
+
+
+# Hostile inputs, in several streams so each test stays short (steps cost, not bytes).
+HOSTILE = {
+    "empty": [b""],
+    "one_byte": [b"\x00"],
+    "all_values": [bytes(range(256)), bytes(range(255, -1, -1)), bytes(range(256))],
+    "random": [random.Random(1).randbytes(200) for _ in range(4)],
+    "run_zero": [b"\x00" * 250] * 3,
+    "run_ff": [b"\xff" * 250],
+    "newlines": [b"\n" * 120 + b" " * 120, b" " * 120 + b"\n" * 120],
+    "mixed_lengths": [b"\xff" * 200, random.Random(2).randbytes(150), b"\n" * 7, b"", b""],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_tables_are_valid_for_hostile_inputs(name: str) -> None:
+    run(small(), HOSTILE[name])
+
+
+def test_tables_stay_valid_when_many_streams_share_contexts() -> None:
+    # 64 identical streams update the same counters in every step: the largest
+    # simultaneous overshoot the shared tables can see.
+    run(small(), [b"\x00" * 100 + b"\xff" * 100] * 64)
+
+
+def test_same_inputs_give_identical_tables_and_state() -> None:
+    data = [log_text(2, seed=s) for s in range(3)]
+    data.sort(key=len, reverse=True)
+    a, b = small(), small()
+    assert run(a, data) == run(b, data)
+    assert a.state_digest() == b.state_digest()
+
+
+def test_symbols_are_bits_msb_first_and_round_trip() -> None:
+    pred = small()
+    syms = pred.to_symbols(b"\x80\x01")
+    assert syms.tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    raw = random.Random(3).randbytes(100)
+    assert pred.from_symbols(pred.to_symbols(raw)) == raw
+
+
+def test_from_symbols_rejects_partial_bytes() -> None:
+    with pytest.raises(CorruptInputError):
+        small().from_symbols(np.array([1, 0, 1]))
+
+
+def test_learns_repetitive_logs_below_two_bits_per_byte() -> None:
+    pred = small()
+    data = log_text(120)
+    n = 32
+    size = len(data) // n
+    syms = np.stack([pred.to_symbols(data[i * size : (i + 1) * size]) for i in range(n)])
+    pred.begin(n)
+    bits = 0.0
+    for t in range(syms.shape[1]):
+        tab = pred.predict(n)
+        bits -= float(np.log2(tab[np.arange(n), syms[:, t]] / 65536).sum())
+        pred.update(syms[:, t])
+    assert bits / (n * size) < 2.0
+
+
+def test_begin_keeps_learned_tables() -> None:
+    pred = small()
+    run(pred, [log_text(2)])
+    learned = pred.state_digest()
+    pred.begin(3)
+    assert pred.state_digest() == learned
+    fresh = small()
+    fresh.begin(3)
+    assert not np.array_equal(pred.predict(3), fresh.predict(3))
+
+
+def test_begin_forgets_stream_history() -> None:
+    # Two predictors with the same shared tables but different per-stream histories
+    # must predict alike after begin: only history differs, and begin clears it.
+    a, b = small(), small()
+    run(a, [log_text(1)])
+    run(b, [log_text(1)])
+    a.begin(1)
+    a.predict(1)  # a sees one more step of history than b before the next begin
+    a.update(np.array([0]))
+    # Undo the shared-table change of that step by replaying it on b as well.
+    b.begin(1)
+    b.predict(1)
+    b.update(np.array([0]))
+    data = [log_text(1, seed=9)]
+    assert run(a, data) == run(b, data)
+    for p in (a, b):
+        p.begin(2)
+        assert not p._h8.any() and not p._mlen.any() and not p._col.any()
+        assert p._c0.tolist() == [1, 1]
+
+
+def test_reset_forgets_everything() -> None:
+    pred = small()
+    run(pred, [log_text(2)])
+    pred.reset()
+    data = [log_text(1, seed=5)]
+    assert run(pred, data) == run(small(), data)
+    pred.reset()
+    assert pred.state_digest() == small().state_digest()
+
+
+def test_streams_of_different_lengths_code_as_an_active_prefix() -> None:
+    streams = sorted((log_text(k, seed=k) for k in (1, 3, 2, 0)), key=len, reverse=True)
+    a, b = small(), small()
+    assert run(a, streams) == run(b, streams)
+    assert a.state_digest() == b.state_digest()
+
+
+def test_stream_order_within_a_step_does_not_matter_for_shared_updates() -> None:
+    # Both streams hit the same order-0/1 counters and mixer weights in most steps;
+    # np.add.at of pre-step deltas makes the sum independent of their order. (Random
+    # data: no repeats, so the match table, whose ties break by row, stays out of it.)
+    s1, s2 = random.Random(4).randbytes(100), random.Random(5).randbytes(100)
+    a, b = small(), small()
+    run(a, [s1, s2])
+    run(b, [s2, s1])
+    assert a.state_digest() == b.state_digest()
+    c = small()
+    run(c, [s1, s1[:99] + bytes([s1[99] ^ 1])])
+    assert c.state_digest() != a.state_digest()
+
+
+def test_active_streams_may_shrink_only_on_byte_boundaries() -> None:
+    pred = small()
+    pred.begin(2)
+    pred.predict(2)
+    pred.update(np.array([0, 1]))
+    with pytest.raises(ValueError):
+        pred.predict(1)
+    with pytest.raises(ValueError):
+        pred.predict(3)
+
+
+def test_update_needs_the_symbols_of_the_last_predict() -> None:
+    pred = small()
+    pred.begin(2)
+    with pytest.raises(ValueError):
+        pred.update(np.array([0, 1]))
+    pred.predict(2)
+    with pytest.raises(ValueError):
+        pred.update(np.array([0]))
+
+
+def test_descriptor_round_trip_rebuilds_an_identical_predictor() -> None:
+    pred = small(level=2, counter_limit=100)
+    desc = json.loads(json.dumps(pred.descriptor()))
+    again = from_descriptor(desc)
+    assert again.descriptor() == pred.descriptor()
+    assert again.model_id == pred.model_id
+    data = [log_text(2)]
+    assert run(again, data) == run(pred, data)
+
+
+def test_descriptor_names_every_bitstream_parameter() -> None:
+    desc = small().descriptor()
+    assert desc["name"] == "cm" and desc["version"] == 1
+    assert set(desc["params"]) == set(context_mix._PARAM_NAMES)
+    assert small().model_id != small(mixer_shift=12).model_id
+
+
+def _bad(**changes: Any) -> dict[str, Any]:
+    desc = small().descriptor()
+    params = dict(desc["params"])
+    for k, v in changes.items():
+        if v is None:
+            params.pop(k)
+        else:
+            params[k] = v
+    return {**desc, "params": params}
+
+
+@pytest.mark.parametrize(
+    "desc",
+    [
+        pytest.param({**small().descriptor(), "version": 2}, id="unknown_version"),
+        pytest.param({**small().descriptor(), "name": "xz"}, id="wrong_name"),
+        pytest.param({**small().descriptor(), "params": []}, id="params_not_object"),
+        pytest.param("cm", id="not_a_dict"),
+        pytest.param(_bad(bogus=1), id="unknown_param"),
+        pytest.param(_bad(table_bits=None), id="missing_param"),
+        pytest.param(_bad(table_bits=40), id="huge_table"),
+        pytest.param(_bad(history_bits=60), id="huge_history"),
+        pytest.param(_bad(match_hash_bits=31), id="huge_match_table"),
+        pytest.param(_bad(table_bits="22"), id="string_param"),
+        pytest.param(_bad(table_bits=True), id="bool_param"),
+        pytest.param(_bad(mixer_shift=-1), id="negative_param"),
+        pytest.param(_bad(contexts=["o1", "o99"]), id="unknown_context"),
+        pytest.param(_bad(contexts=[]), id="no_context"),
+        pytest.param(_bad(contexts="o1"), id="contexts_not_list"),
+        pytest.param(_bad(contexts=["o2", "o1"]), id="non_canonical_order"),
+    ],
+)
+def test_from_descriptor_rejects_bad_descriptors(desc: Any) -> None:
+    with pytest.raises(CorruptInputError):
+        from_descriptor(desc)
+
+
+def test_levels_trade_contexts_for_speed() -> None:
+    sizes = [len(ContextMixPredictor(level=lv, **SMALL).contexts) for lv in (1, 2, 3)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    with pytest.raises(ValueError):
+        ContextMixPredictor(level=9)
+
+
+def test_default_predictor_is_valid() -> None:
+    pred = ContextMixPredictor()
+    assert pred.name == "cm" and pred.n_symbols == 2 and pred.freq_bits == 16
+    run(pred, [b"hello world\n" * 3, b"hello"])
+
+
+def test_lookup_tables_are_monotone_and_inverse() -> None:
+    sq, st = context_mix.SQUASH, context_mix.STRETCH
+    assert (np.diff(sq) >= 0).all() and sq.min() >= 1 and sq.max() <= 4095
+    assert (np.diff(st) >= 0).all()
+    x = np.arange(-2047, 2048)
+    assert np.abs(st[sq[x + 2048]] - x).max() <= 128  # flat tails of squash lose detail
+    assert np.abs(st[sq[x[1500:2600] + 2048]] - x[1500:2600]).max() <= 16
+
+
+def test_module_calls_no_float_transcendental() -> None:
+    src = Path(context_mix.__file__).read_text()
+    for name in ("np.exp", "np.log", "math.", "np.tanh", "float("):
+        assert name not in src
+
+
+def _golden_cases() -> dict[str, str]:
+    text = log_text(40, seed=7)
+    seven = sorted(
+        [text[i * 120 : (i + 1) * 120 - 13 * i] for i in range(7)], key=len, reverse=True
+    )
+    out = {}
+    for name, streams in (("b1", [text[:250]]), ("b7", seven)):
+        pred = small()
+        tables = run(pred, streams, check=False)
+        tables2 = run(pred, streams[:2], check=False)  # a second frame on learned tables
+        out[name] = hashlib.sha256((tables + tables2 + pred.state_digest()).encode()).hexdigest()
+    return out
+
+
+def test_tables_match_golden_hash() -> None:
+    got = _golden_cases()
+    if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(
+            json.dumps({"descriptor": small().descriptor(), "sha256": got}, indent=2) + "\n"
+        )
+    want = json.loads(GOLDEN.read_text())
+    assert want["descriptor"] == small().descriptor()
+    assert got == want["sha256"]
