@@ -278,6 +278,8 @@ def _main(argv: list[str] | None) -> int:
                                         else "32-true")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)`.*")
+    # validation sums are reduced across ranks by the module itself before logging
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
     trainer = L.Trainer(
         accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy,
         num_nodes=args.num_nodes, precision=precision,
@@ -289,6 +291,8 @@ def _main(argv: list[str] | None) -> int:
         log_every_n_steps=max(1, min(50, args.val_every // 4)),
         logger=loggers, callbacks=callbacks, default_root_dir=str(run_dir),
         enable_progress_bar=not args.no_progress, enable_model_summary=False,
+        # the data module shards validation itself (exact sums, no padded repeats)
+        use_distributed_sampler=False,
     )
     ckpt_path = ckpt_dir / "last.ckpt"
     if resuming and not ckpt_path.exists():

@@ -268,14 +268,19 @@ class _RandomWindows(IterableDataset[torch.Tensor]):
 class _ValChunks(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """The validation chunks of the sequential pass (a bounded, fixed subset)."""
 
-    def __init__(self, store_dir: Path, length: int, max_windows: int | None) -> None:
+    def __init__(self, store_dir: Path, length: int, max_windows: int | None, *,
+                 rank: int = 0, world_size: int = 1) -> None:
         store = TokenStore.open(store_dir)
+        # Each rank takes every world_size-th chunk: no chunk counted twice (a
+        # DistributedSampler would pad with repeats), and the summed bits stay exact.
         windows = list(store.val.sequential_windows(length, max_windows=max_windows))
-        self.tokens = torch.from_numpy(np.stack([w.tokens for w in windows]))
+        windows = windows[rank::world_size]
+        self.tokens = torch.from_numpy(np.stack([w.tokens for w in windows])
+                                       if windows else np.zeros((0, length), dtype=np.int64))
         self.n_valid = torch.tensor([w.n_valid for w in windows], dtype=torch.long)
 
     def __len__(self) -> int:
-        return int(self.tokens.shape[0])
+        return len(self.n_valid)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokens[i], self.n_valid[i]
@@ -310,5 +315,8 @@ class TokenDataModule(L.LightningDataModule):
         return DataLoader(data, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
-        data = _ValChunks(self.store_dir, self.context, self.val_windows)
+        trainer = self.trainer
+        data = _ValChunks(self.store_dir, self.context, self.val_windows,
+                          rank=trainer.global_rank if trainer is not None else 0,
+                          world_size=trainer.world_size if trainer is not None else 1)
         return DataLoader(data, batch_size=self.batch_size, shuffle=False, num_workers=0)
