@@ -74,3 +74,23 @@ class Order0Predictor(Predictor):
 @pytest.fixture
 def order0() -> Order0Predictor:
     return Order0Predictor()
+
+
+def compress_with_policy(
+    data: bytes, predictor: Predictor, *, frame_size: int, streams: int, min_stream_bytes: int
+) -> bytes:
+    """Compress with an explicit frame policy (the API keeps the default minimum stream size)."""
+    import io
+
+    from tinyzip.coder.archive import ArchiveWriter
+    from tinyzip.coder.frames import FramePolicy
+
+    out = io.BytesIO()
+    policy = FramePolicy(max_streams=streams, min_stream_bytes=min_stream_bytes)
+    writer = ArchiveWriter(
+        out, predictor, predictor.descriptor(), predictor.model_id,
+        frame_size=frame_size, original_size=len(data), policy=policy,
+    )
+    writer.write(data)
+    writer.close()
+    return out.getvalue()

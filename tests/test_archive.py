@@ -9,7 +9,7 @@ import os
 import random
 
 import pytest
-from conftest import REPO, Order0Predictor, corpus_files
+from conftest import REPO, Order0Predictor, compress_with_policy, corpus_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +109,9 @@ def test_mixed_chunk_modes_in_one_frame(order0: Order0Predictor) -> None:
     rng = random.Random(7)
     skewed = bytes(rng.choices(b"ab", weights=[19, 1], k=6000))
     data = skewed + rng.randbytes(6000) + b"hello world " * 500
-    blob = tinyzip.compress(data, model=order0, streams=3, frame_size=1 << 16)
+    blob = compress_with_policy(
+        data, order0, frame_size=1 << 16, streams=3, min_stream_bytes=1000
+    )
     # Each chunk keeps its smallest mode.
     assert _modes(blob) == {ChunkMode.MODEL, ChunkMode.STORED, ChunkMode.ZSTD}
     assert tinyzip.decompress(blob, model=Order0Predictor()) == data
@@ -118,7 +120,9 @@ def test_mixed_chunk_modes_in_one_frame(order0: Order0Predictor) -> None:
 def test_state_carries_across_frames_and_streams(order0: Order0Predictor) -> None:
     data = LOG
     for frame_size, streams in [(1000, 1), (4096, 3), (len(data), 64)]:
-        blob = tinyzip.compress(data, model=Order0Predictor(), streams=streams, frame_size=frame_size)
+        blob = compress_with_policy(
+            data, Order0Predictor(), frame_size=frame_size, streams=streams, min_stream_bytes=64
+        )
         assert tinyzip.decompress(blob, model=Order0Predictor()) == data
 
 
@@ -129,7 +133,9 @@ def test_state_carries_across_frames_and_streams(order0: Order0Predictor) -> Non
     streams=st.integers(1, 9),
 )
 def test_container_roundtrip_property(data: bytes, frame_size: int, streams: int) -> None:
-    blob = tinyzip.compress(data, model=Order0Predictor(), streams=streams, frame_size=frame_size)
+    blob = compress_with_policy(
+        data, Order0Predictor(), frame_size=frame_size, streams=streams, min_stream_bytes=1
+    )
     assert tinyzip.decompress(blob, model=Order0Predictor()) == data
     header = read_file_header(io.BytesIO(blob))
     assert header.original_size == len(data)
