@@ -113,6 +113,9 @@ def test_new_run_never_reuses_an_existing_run_dir(tmp_path: Path, corpus: Path) 
               str(tmp_path / "runs"), "--max-steps", "0"])
     assert (tmp_path / "runs" / "corpus-tiny-byte-2").is_dir()
     assert (tmp_path / "runs" / "corpus-tiny-byte" / "keep.txt").read_text() == "x"
+    with pytest.raises(UsageError, match="--resume"):  # an explicit name means that dir
+        main(["--corpus", str(corpus), "--runs-dir", str(tmp_path / "runs"),
+              "--name", "corpus-tiny-byte"])
 
 
 def test_empty_corpus_is_a_one_line_usage_error(tmp_path: Path) -> None:

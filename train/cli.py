@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--runs-dir", default="runs", metavar="DIR",
                      help="where run dirs go (default: %(default)s/)")
     run.add_argument("--name", default=None,
-                     help="run name (default: CORPUS-PRESET-VOCAB; a number is appended "
-                          "when it exists)")
+                     help="run name (default: CORPUS-PRESET-VOCAB, with -2, -3, ... appended "
+                          "when taken; an explicit name that is taken is an error)")
     run.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                      help="continue from the last checkpoint of the run named by --name "
                           "(or of RUN: a run dir or a .ckpt); raise --max-steps/--max-time "
@@ -166,7 +166,7 @@ def _main(argv: list[str] | None) -> int:
         torch.set_num_threads(args.threads)
 
     run_dir, resuming, saved = _resolve_run_dir(args)
-    rank0 = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    rank0 = _launch_rank() == 0
     log = _Log(enabled=rank0)
 
     # --- data ---------------------------------------------------------------------------
@@ -184,11 +184,11 @@ def _main(argv: list[str] | None) -> int:
         log(f"  skipped {s.rel}: {s.reason}")
     if len(corpus.skipped) > 20:
         log(f"  ... and {len(corpus.skipped) - 20} more skipped")
-    split_cfg = SplitConfig(val_fraction=args.val_fraction, holdout=tuple(args.holdout))
-    if saved:
-        split_cfg = SplitConfig(**saved["split"])
-        split_cfg = SplitConfig(val_fraction=split_cfg.val_fraction,
-                                holdout=tuple(split_cfg.holdout))
+    if saved:  # the run's split, so validation stays the same bytes
+        split_cfg = SplitConfig(val_fraction=saved["split"]["val_fraction"],
+                                holdout=tuple(saved["split"]["holdout"]))
+    else:
+        split_cfg = SplitConfig(val_fraction=args.val_fraction, holdout=tuple(args.holdout))
     split = split_corpus(corpus, split_cfg, raw_sizes=raw_sizes)
     log(f"split: {split.train_bytes / 1e6:.2f} MB train, {split.val_bytes / 1e6:.2f} MB "
         f"validation")
@@ -395,6 +395,20 @@ def _default_name(args: argparse.Namespace) -> str:
     return f"{label}-{args.preset}-{vocab}"
 
 
+def _launch_rank() -> int:
+    """This process's global rank as set by an external launcher (torchrun, SLURM, or
+    Lightning for the ranks it spawns); 0 for a plain start."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
+    return 0 if node in ("", "0") and local in ("", "0") else 1
+
+
+def _multi_process_launch() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or "SLURM_PROCID" in os.environ
+
+
 def _resolve_run_dir(args: argparse.Namespace) -> tuple[Path, bool, dict[str, Any] | None]:
     """(run dir, resuming from its checkpoint, its saved run.json or None)."""
     env = os.environ.get(RUN_DIR_ENV)
@@ -412,10 +426,25 @@ def _resolve_run_dir(args: argparse.Namespace) -> tuple[Path, bool, dict[str, An
             raise UsageError(f"nothing to resume: {target / 'run.json'} does not exist")
         return target, True, saved
     run_dir = runs / name
-    n = 2
-    while run_dir.exists() and any(run_dir.iterdir()):
-        run_dir = runs / f"{name}-{n}"
-        n += 1
+    if _launch_rank() != 0:
+        # Started by torchrun/SLURM beside rank 0, which prepares runs/NAME (a shared
+        # filesystem is assumed): wait for its run.json rather than making another dir.
+        deadline = time.monotonic() + 3600
+        while (saved := _read_run(run_dir)) is None:
+            if time.monotonic() > deadline:
+                raise UsageError(f"rank 0 never wrote {run_dir / 'run.json'}")
+            time.sleep(2)
+        return run_dir, False, saved
+    if args.name is not None or _multi_process_launch():
+        # An explicit name (and every multi-process launch) means exactly that dir.
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UsageError(f"run dir {run_dir} exists: pass --resume to continue it, or "
+                             "another --name")
+    else:
+        n = 2
+        while run_dir.exists() and any(run_dir.iterdir()):
+            run_dir = runs / f"{name}-{n}"
+            n += 1
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, False, None
 
