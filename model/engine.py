@@ -58,12 +58,14 @@ Gemm = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def _requant(acc: np.ndarray, mult: np.ndarray, shift: int) -> np.ndarray:
     """Round-half-up fixed-point rescale: (acc * mult + 2**(shift-1)) >> shift (int64)."""
-    return (acc * mult + (1 << (shift - 1))) >> shift
+    out: np.ndarray = (acc * mult + (1 << (shift - 1))) >> shift
+    return out
 
 
 def _clip(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
     # two ufunc calls: np.clip's Python wrapper costs more than the work at small B
-    return np.minimum(np.maximum(x, lo), hi)
+    out: np.ndarray = np.minimum(np.maximum(x, lo), hi)
+    return out
 
 
 def _clip8(x: np.ndarray) -> np.ndarray:
@@ -94,16 +96,19 @@ def isqrt(n: np.ndarray) -> np.ndarray:
     x = np.left_shift(np.ones_like(n), (bitlen + 1) >> 1)
     for _ in range(7):
         x = np.minimum(x, (x + n // x) >> 1)
-    return np.where(x * x > n, x - 1, x)
+    root: np.ndarray = np.where(x * x > n, x - 1, x)
+    return root
 
 
 def _numpy_gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.matmul(a, b)
+    out: np.ndarray = np.matmul(a, b)
+    return out
 
 
 def _numpy_int_gemm(x: np.ndarray, weight_t: np.ndarray) -> np.ndarray:
     """int8-valued (M, K) int64 @ (K, N) float32 -> exact (M, N) int64 (K <= 1040)."""
-    return np.matmul(x.astype(np.float32), weight_t).astype(I64)
+    out: np.ndarray = np.matmul(x.astype(np.float32), weight_t).astype(I64)
+    return out
 
 
 def _torch_gemms() -> tuple[Gemm, Gemm]:
@@ -308,7 +313,8 @@ class Engine:
         rest = total - freq.sum(axis=-1)
         top = np.argmax(z, axis=-1)[..., None]
         np.put_along_axis(freq, top, np.take_along_axis(freq, top, -1) + rest[..., None], -1)
-        return freq.astype(np.uint32)
+        tables: np.ndarray = freq.astype(np.uint32)
+        return tables
 
     # ---- parallel mode (encoder) -------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from tinyzip.model.checkpoint import (
 )
 from tinyzip.model.config import MAX_EXACT_K
 from tinyzip.model.engine import PROB_BITS, Engine
-from tinyzip.model.transformer import QMAX, ActQuant, Transformer, alibi_slopes
+from tinyzip.model.transformer import QMAX, ActQuant, Block, Transformer, alibi_slopes
 
 #: Keep the score shift small enough that ALiBi slopes 2**(f + shift - 8(h+1)/H) stay
 #: below the checkpoint's 2**48 bound.
@@ -77,7 +77,8 @@ def integer_tensors(model: Transformer) -> dict[str, np.ndarray]:
     out["tok_emb.weight"] = emb_q
     _pair(out, "tok_emb", emb_scale * res)
     slopes = alibi_slopes(c.n_heads).double().numpy()
-    for i, block in enumerate(model.blocks):
+    for i, module in enumerate(model.blocks):
+        block = cast(Block, module)  # ModuleList items are typed as plain Modules
         p = f"blocks.{i}"
         a = block.attn
         g1 = block.norm1.weight.detach().double().cpu().numpy()

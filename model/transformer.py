@@ -150,7 +150,8 @@ class Attention(nn.Module):
         v = self.v_quant(v).view(b, t, self.n_heads, -1).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, H, T, hd)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
-        return self.proj(self.out_quant(y))
+        out: Tensor = self.proj(self.out_quant(y))  # (B, T, C)
+        return out
 
 
 class MLP(nn.Module):
@@ -164,7 +165,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.fc(x))  # (B, T, d_ff)
-        return self.proj(self.hidden_quant(h))  # (B, T, C)
+        out: Tensor = self.proj(self.hidden_quant(h))  # (B, T, C)
+        return out
 
 
 class Block(nn.Module):
@@ -181,7 +183,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         x = x + self.attn(self.attn_in(self.norm1(x)), bias)
-        return x + self.mlp(self.mlp_in(self.norm2(x)))
+        out: Tensor = x + self.mlp(self.mlp_in(self.norm2(x)))
+        return out
 
 
 class Transformer(nn.Module):
@@ -257,4 +260,5 @@ class Transformer(nn.Module):
         x = F.embedding(tokens, self.embed_weight())  # (B, T, C)
         for block in self.blocks:
             x = block(x, bias)
-        return self.head(self.head_in(self.norm_f(x)))  # (B, T, V)
+        logits: Tensor = self.head(self.head_in(self.norm_f(x)))  # (B, T, V)
+        return logits
