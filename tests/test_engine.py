@@ -351,3 +351,26 @@ def test_predictor_tables_for_streams_equal_lockstep_tables(tiny: Checkpoint) ->
             assert np.array_equal(tables[i], all_at_once[i][t])
         predictor.update(np.array([streams[i][t] for i in range(n_active)]))
     assert [len(x) for x in all_at_once] == lengths
+
+
+@pytest.mark.parametrize(("preset", "low", "high"), [
+    ("tiny", 40_000, 70_000), ("small", 200_000, 320_000), ("base", 850_000, 1_150_000)])
+def test_presets_have_their_advertised_sizes(preset: str, low: int, high: int) -> None:
+    config = ModelConfig.preset(preset)
+    assert low <= config.n_params <= high
+    assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(("change", "flag"), [
+    ({"n_heads": 3}, "--n-heads"), ({"d_model": 30, "n_heads": 4}, "--d-model"),
+    ({"d_ff": 2048}, "--d-ff"), ({"d_model": 2048, "n_heads": 8}, "--d-model"),
+    ({"window": 0}, "--window"), ({"vocab_size": 40000}, "--vocab-size"),
+])
+def test_config_rejects_bad_values_in_flag_words(change: dict[str, int], flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        ModelConfig(**{**TINY.to_dict(), **change})
+
+
+def test_config_from_dict_rejects_unknown_fields() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**TINY.to_dict(), "dropout": 0})
