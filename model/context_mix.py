@@ -43,22 +43,34 @@ VERSION = 1
 
 #: Contexts a model may use, in the order they appear as mixer inputs.
 #: o0..o6: the last k bytes; word: hash of the current alphanumeric word (and the byte
-#: before it); column: the byte above in the previous line with the last byte; field:
-#: the whitespace-separated field index of the line with the current word.
-CONTEXT_NAMES = ("o0", "o1", "o2", "o3", "o4", "o6", "word", "column", "field")
+#: before it); bigram: the previous word with the current one; column: the byte above in
+#: the previous line with the last byte; field: the space-separated field index of the
+#: line with the current word.
+CONTEXT_NAMES = (
+    "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field"
+)  # fmt: skip
 
-#: ``level`` presets: fewer contexts run faster (each context costs work per bit).
+#: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
+#: count per bit hardly depends on the number of contexts; array widths and per-byte
+#: hashing do).
 LEVELS: dict[int, tuple[str, ...]] = {
     1: ("o1", "o2", "o3", "o4"),
     2: ("o0", "o1", "o2", "o3", "o4", "o6"),
-    3: ("o0", "o1", "o2", "o3", "o4", "o6", "word", "column", "field"),
+    3: ("o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field"),
 }
 DEFAULT_LEVEL = 3
 
 # Bounds for parameters read from an archive header: a hostile header must not make the
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
+# ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
+# use about 2**24.2 (o2..o6, word, bigram, column, field at 2**21 counters each).
+MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
+# The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
+# history ring is at least 1 KiB per stream.
+MAX_STREAMS = 1 << 16
+MAX_FIELD = 63  # field indices saturate here
 
 # Counter entries pack a 22-bit probability of a 1 and a 10-bit count: v = p << 10 | n.
 # They live in int64 because k streams adding deltas to one entry in the same step can
@@ -153,7 +165,7 @@ class ContextMixPredictor(Predictor):
         *,
         level: int | None = None,
         contexts: tuple[str, ...] | list[str] | None = None,
-        table_bits: int = 22,
+        table_bits: int = 21,
         history_bits: int = 22,
         match_hash_bits: int = 20,
         match_min: int = 6,
@@ -178,7 +190,7 @@ class ContextMixPredictor(Predictor):
         for nm, val, lo, hi in (
             ("table_bits", table_bits, MIN_TABLE_BITS, MAX_TABLE_BITS),
             ("history_bits", history_bits, 12, MAX_TABLE_BITS),
-            ("match_hash_bits", match_hash_bits, 8, MAX_TABLE_BITS),
+            ("match_hash_bits", match_hash_bits, 8, 22),
             ("match_min", match_min, 2, 8),
             ("counter_limit", counter_limit, 1, (1 << N_BITS) - 128),
             ("mixer_shift", mixer_shift, 4, 24),
@@ -231,10 +243,15 @@ class ContextMixPredictor(Predictor):
         self._w2_off = pos + 256 * 4 * self._n_inputs
         pos += self._n_wsets * self._n_inputs
         self._table_size = pos
+        if pos > MAX_TOTAL_ENTRIES:
+            raise ValueError(
+                f"tables would need {pos} entries, more than {MAX_TOTAL_ENTRIES}: "
+                "lower table_bits or use fewer contexts"
+            )
         self._ctx_off = np.array(offs, dtype=np.int64)
         direct = np.array([c in ("o0", "o1") for c in self.contexts])
         self._hashed_cols = np.flatnonzero(~direct)
-        orders = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o6": 6}
+        orders = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o5": 5, "o6": 6}
         self._n_orders = sum(1 for c in self.contexts if c in orders)
         self._order_masks = np.array(
             [(1 << (8 * orders[c])) - 1 for c in self.contexts if c in orders], dtype=np.uint64
@@ -303,6 +320,8 @@ class ContextMixPredictor(Predictor):
         if not isinstance(n_streams, (int, np.integer)) or n_streams < 0:
             raise ValueError(f"n_streams must be an integer >= 0, got {n_streams!r}")
         b = int(n_streams)
+        if b > MAX_STREAMS:
+            raise ValueError(f"at most {MAX_STREAMS} streams, got {b}")
         self._b = b
         self._n_prev = b  # active streams of the previous step (they only ever decrease)
         self._bit = 0  # bit position in the byte, common to all streams (lockstep)
@@ -311,6 +330,7 @@ class ContextMixPredictor(Predictor):
         self._c0n = np.ones(b, dtype=np.int64)  # partial nibble with a leading 1
         self._h8 = np.zeros(b, dtype=np.uint64)  # last 8 bytes, newest lowest
         self._wordh = np.zeros(b, dtype=np.uint64)
+        self._pword = np.zeros(b, dtype=np.uint64)  # hash of the previous word
         self._col = np.zeros(b, dtype=np.int64)
         self._field = np.zeros(b, dtype=np.int64)
         self._line = np.zeros(b, dtype=np.int64)  # position where the current line starts
@@ -358,8 +378,11 @@ class ContextMixPredictor(Predictor):
         for j, c in self._log_cols:
             if c == "word":
                 v = (self._wordh[:n] + c1) * _u64(_H2)
+            elif c == "bigram":
+                v = (self._wordh[:n] + self._pword[:n] * _u64(_H3) + c1) * _u64(_H1)
             elif c == "column":
                 v = (self._above[:n].astype(np.uint64) << _u64(8)) | c1
+
             else:  # field
                 v = self._wordh[:n] * _u64(_H3) + self._field[:n].astype(np.uint64)
             self._ctx_vals[:n, j] = v
@@ -413,12 +436,14 @@ class ContextMixPredictor(Predictor):
 
         # Log structure: word hash, column, field index, line starts, the byte above.
         is_word = WORD_BYTE[byte]
+        ended = (~is_word) & (self._wordh[:n] != 0)
+        self._pword[:n] = np.where(ended, self._wordh[:n], self._pword[:n])
         self._wordh[:n] = np.where(is_word, (self._wordh[:n] + ub + _u64(1)) * _u64(_H1), _u64(0))
         nl = byte == 10
         self._pline[:n] = np.where(nl, self._line[:n], self._pline[:n])
         self._line[:n] = np.where(nl, pos + 1, self._line[:n])
         self._col[:n] = np.where(nl, 0, self._col[:n] + 1)
-        self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), 63))
+        self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), MAX_FIELD))
         ab_pos = self._pline[:n] + self._col[:n]
         # The byte above exists when the previous line is long enough and still in the ring.
         has_above = (ab_pos < self._line[:n]) & (pos + 1 - ab_pos <= ring_mask)

@@ -245,6 +245,7 @@ def _bad(**changes: Any) -> dict[str, Any]:
         pytest.param(_bad(bogus=1), id="unknown_param"),
         pytest.param(_bad(table_bits=None), id="missing_param"),
         pytest.param(_bad(table_bits=40), id="huge_table"),
+        pytest.param(_bad(table_bits=24), id="huge_tables_in_total"),
         pytest.param(_bad(history_bits=60), id="huge_history"),
         pytest.param(_bad(match_hash_bits=31), id="huge_match_table"),
         pytest.param(_bad(table_bits="22"), id="string_param"),
@@ -259,6 +260,14 @@ def _bad(**changes: Any) -> dict[str, Any]:
 def test_from_descriptor_rejects_bad_descriptors(desc: Any) -> None:
     with pytest.raises(CorruptInputError):
         from_descriptor(desc)
+
+
+def test_predict_and_update_accept_no_active_stream() -> None:
+    pred = small()
+    pred.begin(0)
+    for _ in range(16):
+        assert pred.predict(0).shape == (0, 2)
+        pred.update(np.zeros(0, dtype=np.int64))
 
 
 def test_levels_trade_contexts_for_speed() -> None:
