@@ -21,8 +21,9 @@ from tinyzip.coder.container import (
     read_record,
 )
 from tinyzip.coder.frames import FrameDecoder, FrameEncoder, FramePolicy
-from tinyzip.errors import CorruptInputError
 from tinyzip.model.predictor import Predictor
+
+from tinyzip.errors import CorruptInputError
 
 #: Raw bytes per frame unless the caller says otherwise. Larger frames give the
 #: streams more to learn from; the encoder's per-frame working set is roughly
@@ -129,10 +130,12 @@ class ArchiveReader:
             payloads = read_payloads(self._src, record)
             on_step = None
             if on_progress is not None:
-                report, done_before = on_progress, total
 
-                def on_step(step: int, n_steps: int) -> None:
-                    report(done_before + record.raw_len * step // max(n_steps, 1))
+                def on_step(
+                    step: int, n_steps: int, report: ProgressCallback = on_progress,
+                    done: int = total, size: int = record.raw_len,
+                ) -> None:
+                    report(done + size * step // max(n_steps, 1))
 
             raw = self._decoder.decode(record, payloads, on_step)
             n_frames += 1

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import zstandard
-
 from tinyzip.coder.container import Chunk, ChunkMode, FrameHeader
 from tinyzip.coder.rans import StreamDecoder, encode_streams, symbol_ranges
-from tinyzip.errors import CorruptInputError
 from tinyzip.model.predictor import Predictor
+
+from tinyzip.errors import CorruptInputError
 
 #: zstd level of the per-chunk fallback (strong: the model path is far slower anyway).
 ZSTD_LEVEL = 19
@@ -120,7 +120,7 @@ class FrameEncoder:
 
         chunks: list[Chunk] = []
         payloads: list[bytes] = []
-        for stream, (n_sym, coded) in zip(streams, model_payloads):
+        for stream, (n_sym, coded) in zip(streams, model_payloads, strict=True):
             crc = zlib.crc32(stream)
             packed = _zstd(stream, ZSTD_LEVEL)
             # Smallest wins; ties go to the cheaper-to-decode mode.
@@ -170,7 +170,7 @@ class FrameEncoder:
         coded = [b""] * len(streams)
         for row, idx in enumerate(order):
             coded[idx] = coded_sorted[row]
-        return list(zip(n_symbols, coded))
+        return list(zip(n_symbols, coded, strict=True))
 
 
 class FrameDecoder:
@@ -183,7 +183,7 @@ class FrameDecoder:
         self, frame: FrameHeader, payloads: list[bytes], on_step: StepCallback | None = None
     ) -> bytes:
         known: list[bytes | None] = []
-        for chunk, payload in zip(frame.chunks, payloads):
+        for chunk, payload in zip(frame.chunks, payloads, strict=True):
             if chunk.mode == ChunkMode.STORED:
                 known.append(payload)
             elif chunk.mode == ChunkMode.ZSTD:
@@ -194,7 +194,7 @@ class FrameDecoder:
             raws = self._decode_model(frame, payloads, known, on_step)
         else:
             raws = [k for k in known if k is not None]
-        for chunk, raw in zip(frame.chunks, raws):
+        for chunk, raw in zip(frame.chunks, raws, strict=True):
             if len(raw) != chunk.raw_len or zlib.crc32(raw) != chunk.crc32:
                 raise CorruptInputError("damaged archive: chunk checksum mismatch")
         return b"".join(raws)
