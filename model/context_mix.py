@@ -163,7 +163,7 @@ class ContextMixPredictor(Predictor):
     def __init__(
         self,
         *,
-        level: int | None = None,
+        level: int | str | None = None,
         contexts: tuple[str, ...] | list[str] | None = None,
         table_bits: int = 21,
         history_bits: int = 22,
@@ -174,6 +174,8 @@ class ContextMixPredictor(Predictor):
         mixer_init: int = 1 << 14,
         apm_limit: int = 12,
     ) -> None:
+        if isinstance(level, str):  # "cm:2" on a command line
+            level = int(level) if level.strip().isdigit() else -1
         if contexts is None:
             lvl = DEFAULT_LEVEL if level is None else level
             if lvl not in LEVELS:

@@ -270,11 +270,18 @@ def test_predict_and_update_accept_no_active_stream() -> None:
         pred.update(np.zeros(0, dtype=np.int64))
 
 
+LEVEL1 = ("o1", "o2", "o3", "o4")
+
+
 def test_levels_trade_contexts_for_speed() -> None:
     sizes = [len(ContextMixPredictor(level=lv, **SMALL).contexts) for lv in (1, 2, 3)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
     with pytest.raises(ValueError):
         ContextMixPredictor(level=9)
+    # A level spelled on a command line ("cm:1") means the same preset.
+    assert ContextMixPredictor(level="1", **SMALL).contexts == LEVEL1
+    with pytest.raises(ValueError):
+        ContextMixPredictor(level="fast")
 
 
 def test_default_predictor_is_valid() -> None:
