@@ -419,3 +419,34 @@ def test_package_main_is_importable_without_torch() -> None:
     code = ("import sys, tinyzip.bench, tinyzip.bench.cli; "
             "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- tinyzip itself ---------------------------------------------------------------------------
+
+
+def test_tinyzip_row_roundtrips_and_is_the_reference(corpus: Path, tmp_path: Path) -> None:
+    # Model "zstd" goes through tinyzip's API and container without a predictor's setup cost.
+    out = tmp_path / "r.json"
+    cli.main([str(corpus), "--codecs", "gzip,tinyzip", "--model", "zstd",
+              "--sample-bytes", "2000", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    rows = {r["kind"]: r for r in doc["results"]}
+    assert rows["tinyzip"]["roundtrip"] is True
+    assert rows["tinyzip"]["model_bytes"] == 0  # no checkpoint: nothing to ship
+    assert doc["meta"]["reference"] == rows["tinyzip"]["compressor"]
+    assert rows["classic"]["break_even_bytes"] is not None
+    assert all(r["raw_bytes"] <= 2000 for r in doc["files"])
+
+
+def test_adapt_level_selects_the_cm_level_or_is_refused(tmp_path: Path) -> None:
+    import inspect
+
+    import tinyzip
+
+    if "adapt" in inspect.signature(tinyzip.compress).parameters:
+        pytest.skip("tinyzip.compress takes adapt= itself")
+    assert codecs.tinyzip_codec("cm", {"adapt": "2"}).name == "tinyzip cm:2"
+    fake = tmp_path / "m.tzm"
+    fake.write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError, match="--adapt"):
+        codecs.tinyzip_codec(fake, {"adapt": "2"})
