@@ -162,12 +162,19 @@ def dictionary_samples(paths: Iterable[Path], sample_bytes: int = DICT_SAMPLE_BY
     return samples
 
 
-def zstd_dict_codec(samples: list[bytes], *, dict_bytes: int = DEFAULT_DICT_BYTES) -> Codec:
-    """zstd -19 with a dictionary trained on ``samples``; the dictionary is its model bytes."""
+def zstd_dict_codec(samples: list[bytes], *, dict_bytes: int | None = None) -> Codec:
+    """zstd -19 with a dictionary trained on ``samples``; the dictionary is its model bytes.
+
+    ``dict_bytes`` defaults to zstd's 110 KiB, capped at a tenth of the training bytes
+    (the trainer fails when the samples are not much larger than the dictionary).
+    Raises UsageError when no dictionary can be trained.
+    """
     import zstandard
 
     if not samples:
         raise UsageError("--dict-corpus: no files to train a dictionary on")
+    if dict_bytes is None:
+        dict_bytes = min(DEFAULT_DICT_BYTES, max(256, sum(map(len, samples)) // 10))
     try:
         typed: list[bytes | bytearray | memoryview] = list(samples)
         zdict = zstandard.train_dictionary(dict_bytes, typed)
@@ -317,7 +324,10 @@ def registry(
     for codec in _classic():
         reg.add(codec)
     if dict_paths:
-        reg.add(zstd_dict_codec(dictionary_samples(dict_paths)))
+        try:
+            reg.add(zstd_dict_codec(dictionary_samples(dict_paths)))
+        except UsageError as exc:
+            reg.skipped["zstd -19 --dict"] = str(exc)
     else:
         reg.skipped["zstd -19 --dict"] = "no --dict-corpus given"
     for name, make in (("brotli -q 11", _brotli), (f"ppmd -o{PPMD_ORDER}", _ppmd)):
