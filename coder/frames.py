@@ -7,14 +7,15 @@ payload, zstd, or stored. Chunks stored or zstd-coded still step through the
 predictor in the decoder (their symbols are known before the loop starts), so
 the predictor's state never depends on which mode a chunk got.
 
-The predictor runs on a frame if and only if at least one of its chunks is in
-model mode; an encoder that ran it and then chose no model chunk restores the
-state it had before the frame, so encoder and decoder stay in step.
+Whether the predictor runs on a frame is the encoder's choice, made before it runs
+(a quick zstd probe sends degenerate and incompressible frames straight to zstd or
+stored) and recorded in the chunk table: n_symbols is 0 in every chunk of a frame
+the predictor skips. A frame the predictor ran on keeps its B chunks even if none
+ended up in model mode, so the decoder steps the predictor through it just the same.
 """
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,7 +116,6 @@ class FrameEncoder:
         offsets = np.concatenate([[0], np.cumsum(stream_lens)])
         streams = [raw[offsets[i] : offsets[i + 1]] for i in range(n_streams)]
 
-        snapshot = copy.deepcopy(self.predictor)
         model_payloads = self._model_payloads(streams, on_step)
 
         chunks: list[Chunk] = []
@@ -133,10 +133,6 @@ class FrameEncoder:
             else:
                 chunks.append(Chunk(ChunkMode.MODEL, len(stream), n_sym, len(coded), crc))
                 payloads.append(coded)
-        if not any(c.mode == ChunkMode.MODEL for c in chunks):
-            # The decoder will not run the predictor on this frame: forget what it learned.
-            self.predictor = snapshot
-            return self._whole_frame(raw)
         return FrameHeader(len(raw), tuple(chunks)), payloads
 
     def _model_payloads(
@@ -150,7 +146,7 @@ class FrameEncoder:
         order = lockstep_order(n_symbols)
         lengths = np.asarray(n_symbols, dtype=np.int64)[order]
         n_steps = int(lengths[0]) if len(lengths) else 0
-        grid = np.zeros((len(streams), n_steps), dtype=np.int64)  # (B, T) in lockstep order
+        grid = np.zeros((len(streams), n_steps), dtype=_symbol_dtype(predictor))  # (B, T)
         for row, idx in enumerate(order):
             grid[row, : lengths[row]] = symbols[idx]
         active = _active_counts(lengths, n_steps)
@@ -190,8 +186,11 @@ class FrameDecoder:
                 known.append(_unzstd(payload, chunk.raw_len))
             else:
                 known.append(None)
-        if any(k is None for k in known):
+        predictor_runs = any(c.n_symbols for c in frame.chunks)
+        if predictor_runs:
             raws = self._decode_model(frame, payloads, known, on_step)
+        elif any(k is None for k in known):
+            raise CorruptInputError("damaged archive: model chunk in a frame the model skips")
         else:
             raws = [k for k in known if k is not None]
         for chunk, raw in zip(frame.chunks, raws, strict=True):
@@ -213,7 +212,7 @@ class FrameDecoder:
         for chunk in frame.chunks:
             # Bound the loop and the symbol grid before allocating: no predictor emits more
             # than 8 symbols per byte (bitwise) or fewer than one per 64 bytes (tokens).
-            if chunk.n_symbols > 8 * chunk.raw_len or chunk.n_symbols * 64 < chunk.raw_len:
+            if not 1 <= chunk.n_symbols <= 8 * chunk.raw_len or chunk.n_symbols * 64 < chunk.raw_len:
                 raise CorruptInputError("damaged archive: implausible symbol count in chunk table")
         known_symbols: dict[int, np.ndarray] = {}
         for i, raw in enumerate(known):
@@ -226,7 +225,7 @@ class FrameDecoder:
         order = lockstep_order(n_symbols)
         lengths = np.asarray(n_symbols, dtype=np.int64)[order]
         n_steps = int(lengths[0])
-        grid = np.zeros((len(order), n_steps), dtype=np.int64)  # (B, T) in lockstep order
+        grid = np.zeros((len(order), n_steps), dtype=_symbol_dtype(predictor))  # (B, T)
         model_rows = []
         for row, idx in enumerate(order):
             if idx in known_symbols:
@@ -259,6 +258,14 @@ class FrameDecoder:
             raw = known[idx]
             raws[idx] = raw if raw is not None else predictor.from_symbols(grid[row, : lengths[row]])
         return raws
+
+
+def _symbol_dtype(predictor: Predictor) -> type[np.integer]:
+    """Smallest integer type for the predictor's symbols: the (B, T) grid is the largest
+    array of a frame (8 symbols per byte for the bitwise model)."""
+    if predictor.n_symbols <= 1 << 8:
+        return np.uint8
+    return np.uint16 if predictor.n_symbols <= 1 << 16 else np.int32
 
 
 def _unzstd(payload: bytes, raw_len: int) -> bytes:
