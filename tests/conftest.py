@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from tinyzip.model.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]

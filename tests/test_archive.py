@@ -12,10 +12,11 @@ import pytest
 from conftest import REPO, Order0Predictor, compress_with_policy, corpus_files
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tinyzip.coder.archive import ArchiveReader
+from tinyzip.coder.container import ChunkMode, EndRecord, read_file_header
 
 import tinyzip
-from tinyzip.coder.container import ChunkMode, EndRecord, read_file_header
-from tinyzip.coder.archive import ArchiveReader
+
 
 def _log_lines(n: int, seed: int = 3) -> bytes:
     """Log-like text with varying fields, so that zstd does not already crush it."""

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Order0Predictor, compress_with_policy
-
-import tinyzip
 from tinyzip.coder.archive import ArchiveReader
 from tinyzip.coder.container import MAGIC, ChunkMode, EndRecord, FrameHeader
+
+import tinyzip
 from tinyzip.errors import CorruptInputError, TinyzipError, WrongModelError
 
 
