@@ -28,6 +28,7 @@ To add an input later (e.g. the transformer's bit probability, from partial sums
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,11 @@ import numpy.typing as npt
 from tinyzip.model.predictor import Predictor
 
 from tinyzip.errors import CorruptInputError
+
+try:  # the compiled predict/update (model/_cm_kernel.c); optional, same results
+    from tinyzip.model import _cm_kernel
+except ImportError:  # no compiler at install time: the numpy code below runs
+    _cm_kernel = None
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -173,6 +179,7 @@ class ContextMixPredictor(Predictor):
         mixer_shift: int = 13,
         mixer_init: int = 1 << 14,
         apm_limit: int = 12,
+        compiled: bool | None = None,
     ) -> None:
         if isinstance(level, str):  # "cm:2" on a command line
             level = int(level) if level.strip().isdigit() else -1
@@ -201,6 +208,13 @@ class ContextMixPredictor(Predictor):
         ):
             if not isinstance(val, int) or isinstance(val, bool) or not lo <= val <= hi:
                 raise ValueError(f"{nm} must be an integer in [{lo}, {hi}], got {val!r}")
+        # compiled: run predict/update in the C kernel (None: when it was built and
+        # TINYZIP_PURE_NUMPY is not 1). Not part of the descriptor: results are identical.
+        if compiled is None:
+            compiled = os.environ.get("TINYZIP_PURE_NUMPY") != "1"
+        if compiled and _cm_kernel is None:
+            compiled = False
+        self.compiled = bool(compiled)
         # Keep the canonical context order so descriptors compare equal.
         self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
         self.table_bits = table_bits
@@ -362,7 +376,29 @@ class ContextMixPredictor(Predictor):
         self._abase[:, 1] = self._apm1_off + 1
         self._ctx_vals = np.zeros((b, self._n_ctx), dtype=np.uint64)
         self._predicted = -1
+        self._p12 = np.zeros(b, dtype=np.int64)  # the mixer's output, kept for update
         self._byte_contexts(b)
+        self._kernel = self._bind_kernel() if self.compiled else None
+
+    def _bind_kernel(self) -> Any:
+        """The C kernel, bound to this frame's arrays (begin and reset make new ones)."""
+        kinds = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o5": 5, "o6": 6}
+        kinds.update(word=7, bigram=8, column=9, field=10)
+        arrays = (
+            self._t, self._c0, self._c0n, self._h8, self._wordh, self._pword, self._col,
+            self._field, self._line, self._pline, self._above, self._hist, self._mtab,
+            self._mlen, self._mptr, self._mok, self._idx, self._val, self._pcl, self._x,
+            self._wbase, self._blk, self._abase, self._ctx_vals, self._ebit, self._midx,
+            self._wsel, self._wsel2, self._p12,
+            STRETCH, SQUASH, RECIP, MATCH_BUCKET, WORD_BYTE, self._lim, self._ctx_off,
+            np.array([kinds[c] for c in self.contexts], dtype=np.int64),
+        )  # fmt: skip
+        params = (
+            self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
+            self._match_off, self._w_off, self.table_bits, self.mixer_shift,
+            self._ring_bits, self.match_min, self.match_hash_bits, self._table_size,
+        )  # fmt: skip
+        return _cm_kernel.Kernel(arrays, params)
 
     def state_digest(self) -> str:
         """SHA-256 (hex) of every shared learned number: what golden tests pin."""
@@ -497,6 +533,15 @@ class ContextMixPredictor(Predictor):
                 f"n_active must be <= {self._n_prev} and only change on byte boundaries, got {n}"
             )
         self._n_prev = n
+        if self._kernel is not None:
+            out = np.empty((n, 2), dtype=np.uint32)
+            self._kernel.predict(n, self._bit, out)
+            self._predicted = n
+            return out
+        return self._predict_numpy(n)
+
+    def _predict_numpy(self, n: int) -> np.ndarray:
+        """The reference implementation of ``predict`` (the C kernel matches it bit for bit)."""
         bit = self._bit
         nc = self._n_ctx
         c0 = self._c0[:n]
@@ -558,6 +603,16 @@ class ContextMixPredictor(Predictor):
         if y.shape != (n,):
             raise ValueError(f"update needs the {n} symbols of the last predict, got {y.shape}")
         self._predicted = -1
+        if self._kernel is not None:
+            self._kernel.update(np.ascontiguousarray(y), n, self._bit, self._step)
+            if self._bit == 7:
+                self._step += 1
+            self._bit = (self._bit + 1) & 7
+            return
+        self._update_numpy(n, y)
+
+    def _update_numpy(self, n: int, y: I64) -> None:
+        """The reference implementation of ``update``."""
         val = self._val[:n, : self._c_w]
         dlt = self._dlt[:n]
         # Counters (contexts, match, APM points): move p toward the bit by 1/(count+1.5),

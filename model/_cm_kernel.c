@@ -1,0 +1,491 @@
+/* Compiled per-bit predict/update of ContextMixPredictor (model/context_mix.py).
+ *
+ * Why: the numpy implementation makes about 80 numpy calls per bit, so a lockstep step
+ * costs ~250 us whatever B is (~27 KB/s at B = 64); the loop over streams done here in C
+ * costs a few us per step. The numpy code stays the reference: tests/test_cm_kernel.py
+ * checks that both give identical tables and identical state, bit for bit.
+ *
+ * The kernel owns no state. A Kernel object is bound (by ContextMixPredictor.begin) to
+ * the predictor's own numpy arrays through the buffer protocol, keeps a reference to
+ * them, and reads and writes them in place; the Python object stays the single owner of
+ * the state, its checks and its descriptor. Rebinding after every begin/reset is the
+ * caller's job (those allocate new arrays).
+ *
+ * Exactness notes (each mirrors one numpy operation of context_mix.py):
+ * - every number is int64 / uint64 as in numpy; sums of products that numpy forms with
+ *   np.einsum on int64 wrap modulo 2**64, so they are formed in uint64 here (signed
+ *   overflow is undefined in C) and converted back;
+ * - numpy's >> on int64 is an arithmetic shift (floor). C leaves >> of a negative
+ *   signed value implementation-defined; gcc and clang define it as arithmetic, which is
+ *   what ASR() relies on (checked by a static test below). << of a negative value is
+ *   done in uint64 (numpy's result is the two's-complement one);
+ * - x & mask on a negative int64 is two's complement in numpy and in C (C23; gcc always);
+ * - shared-table updates: every delta depends only on the values read by predict (kept
+ *   in the per-stream val/pcl/x/p12 buffers), never on the table as it is being updated,
+ *   so adding them one stream after the other gives exactly np.add.at's sum (integer
+ *   addition commutes);
+ * - the match table: numpy gathers the candidates of all streams, then applies
+ *   np.maximum.at; here likewise, in two passes; the history bytes of all streams are
+ *   written before any stream reads the history, as numpy does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if (-1 >> 1) != -1
+#error "this kernel needs an arithmetic >> on negative signed integers (as numpy's)"
+#endif
+
+typedef int64_t i64;
+typedef uint64_t u64;
+
+#define P_BITS 22
+#define P_MAX ((1 << P_BITS) - 1)
+#define N_BITS 10
+#define N_MASK ((1 << N_BITS) - 1)
+#define APM_POINTS 24
+#define MAX_FIELD 63
+#define H1 0x9E3779B97F4A7C15ULL
+#define H2 0xC2B2AE3D27D4EB4FULL
+#define H3 0x165667B19E3779F9ULL
+
+/* Context kinds (the `kinds` parameter): 0..6 order-k, then the log-structure ones. */
+enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10 };
+
+static inline i64 asr(i64 v, int s) { return v >> s; } /* arithmetic on gcc/clang */
+static inline i64 shl(i64 v, int s) { return (i64)((u64)v << s); }
+static inline i64 clip_p(i64 v) {
+    v = asr(v, N_BITS);
+    return v < 0 ? 0 : (v > P_MAX ? P_MAX : v);
+}
+
+/* The arrays, in the order of the tuple given to Kernel(): name, item size, items per
+ * stream (0: a fixed count given in need[] at bind time). */
+enum {
+    A_T, A_C0, A_C0N, A_H8, A_WORDH, A_PWORD, A_COL, A_FIELD, A_LINE, A_PLINE, A_ABOVE,
+    A_HIST, A_MTAB, A_MLEN, A_MPTR, A_MOK, A_IDX, A_VAL, A_PCL, A_X, A_WBASE, A_BLK,
+    A_ABASE, A_CTXV, A_EBIT, A_MIDX, A_WSEL, A_WSEL2, A_P12,
+    /* constants */
+    A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
+    N_ARRAYS
+};
+static const char *array_names[N_ARRAYS] = {
+    "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
+    "hist", "mtab", "mlen", "mptr", "mok", "idx", "val", "pcl", "x", "wbase", "blk",
+    "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
+    "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
+};
+
+/* Integer parameters, in the order of the second tuple. */
+enum {
+    P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
+    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE,
+    N_PARAMS
+};
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buf[N_ARRAYS];
+    int held[N_ARRAYS];
+    i64 prm[N_PARAMS];
+    /* typed views of buf[] */
+    i64 *t, *c0, *c0n, *col, *field, *line, *pline, *above, *mtab, *mlen, *mptr;
+    u64 *h8, *wordh, *pword, *ctxv;
+    uint8_t *hist, *mok, *wordbyte;
+    i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
+    i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds;
+    /* per-stream scratch of the match lookup (n <= b) */
+    i64 *cand, *key;
+} Kernel;
+
+static void Kernel_dealloc(Kernel *self) {
+    for (int i = 0; i < N_ARRAYS; i++)
+        if (self->held[i]) PyBuffer_Release(&self->buf[i]);
+    PyMem_Free(self->cand);
+    PyMem_Free(self->key);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
+    PyObject *arrays, *params;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyTuple_Type, &arrays, &PyTuple_Type, &params))
+        return -1;
+    if (PyTuple_GET_SIZE(arrays) != N_ARRAYS || PyTuple_GET_SIZE(params) != N_PARAMS) {
+        PyErr_Format(PyExc_ValueError, "Kernel needs %d arrays and %d parameters", N_ARRAYS,
+                     N_PARAMS);
+        return -1;
+    }
+    for (int i = 0; i < N_PARAMS; i++) {
+        self->prm[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(params, i));
+        if (self->prm[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    i64 b = self->prm[P_B], nc = self->prm[P_NC], ni = self->prm[P_NI];
+    i64 ncols = self->prm[P_NCOLS], cw = self->prm[P_CW];
+    if (b < 0 || b > 65536 || nc < 1 || nc > 11 || ni != nc + 2 || cw != nc + 5 ||
+        ncols != cw + 2 * ni || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
+        self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
+        self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
+        self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40) {
+        PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
+        return -1;
+    }
+    i64 bb = b > 0 ? b : 1;
+    /* Items each array must hold at least, and its item size. */
+    i64 need[N_ARRAYS] = {
+        [A_T] = self->prm[P_TABLESIZE], [A_C0] = b, [A_C0N] = b, [A_H8] = b, [A_WORDH] = b,
+        [A_PWORD] = b, [A_COL] = b, [A_FIELD] = b, [A_LINE] = b, [A_PLINE] = b, [A_ABOVE] = b,
+        [A_HIST] = bb << self->prm[P_RINGBITS], [A_MTAB] = (i64)1 << self->prm[P_MHASHBITS],
+        [A_MLEN] = b, [A_MPTR] = b, [A_MOK] = b, [A_IDX] = b * ncols, [A_VAL] = b * ncols,
+        [A_PCL] = b * cw, [A_X] = b * 2 * ni, [A_WBASE] = b * 2, [A_BLK] = b * nc,
+        [A_ABASE] = b * 4, [A_CTXV] = b * nc, [A_EBIT] = b * 8, [A_MIDX] = b * 8,
+        [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
+        [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
+        [A_CTXOFF] = nc, [A_KINDS] = nc,
+    };
+    for (int i = 0; i < N_ARRAYS; i++) {
+        int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
+        Py_buffer *v = &self->buf[i];
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(arrays, i), v,
+                               PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            return -1;
+        self->held[i] = 1;
+        if (v->itemsize != isz || v->len / isz < need[i]) {
+            PyErr_Format(PyExc_ValueError, "Kernel: array %s has item size %zd and %zd items, "
+                         "needs %d and %lld", array_names[i], v->itemsize, v->len / v->itemsize,
+                         isz, (long long)need[i]);
+            return -1;
+        }
+    }
+#define V(i) (self->buf[i].buf)
+    self->t = V(A_T); self->c0 = V(A_C0); self->c0n = V(A_C0N); self->h8 = V(A_H8);
+    self->wordh = V(A_WORDH); self->pword = V(A_PWORD); self->col = V(A_COL);
+    self->field = V(A_FIELD); self->line = V(A_LINE); self->pline = V(A_PLINE);
+    self->above = V(A_ABOVE); self->hist = V(A_HIST); self->mtab = V(A_MTAB);
+    self->mlen = V(A_MLEN); self->mptr = V(A_MPTR); self->mok = V(A_MOK); self->idx = V(A_IDX);
+    self->val = V(A_VAL); self->pcl = V(A_PCL); self->x = V(A_X); self->wbase = V(A_WBASE);
+    self->blk = V(A_BLK); self->abase = V(A_ABASE); self->ctxv = V(A_CTXV);
+    self->ebit = V(A_EBIT); self->midx = V(A_MIDX); self->wsel = V(A_WSEL);
+    self->wsel2 = V(A_WSEL2); self->p12 = V(A_P12); self->stretch = V(A_STRETCH);
+    self->squash = V(A_SQUASH); self->recip = V(A_RECIP); self->mbucket = V(A_MBUCKET);
+    self->wordbyte = V(A_WORDBYTE); self->lim = V(A_LIM); self->ctxoff = V(A_CTXOFF);
+    self->kinds = V(A_KINDS);
+#undef V
+    for (i64 j = 0; j < nc; j++)
+        if (self->kinds[j] < 0 || self->kinds[j] > K_FIELD) {
+            PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
+            return -1;
+        }
+    self->cand = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    if (!self->cand || !self->key) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ per-byte work */
+
+/* _nibble_slots for stream i: hi is 0 for the high nibble, 1 + the high nibble after. */
+static void nibble_slots(Kernel *k, i64 i, i64 hi) {
+    i64 nc = k->prm[P_NC];
+    int slot_shift = 64 - ((int)k->prm[P_TABLEBITS] - 4);
+    for (i64 j = 0; j < nc; j++) {
+        i64 kind = k->kinds[j];
+        u64 v = k->ctxv[i * nc + j];
+        if (kind == 0 || kind == 1) { /* o0, o1: direct */
+            k->blk[i * nc + j] = k->ctxoff[j] + ((i64)v * 17 + hi) * 16;
+        } else {
+            u64 h = (v + (u64)hi * H3 + (u64)j) * H1;
+            h = (h ^ (h >> 29)) * H2;
+            k->blk[i * nc + j] = k->ctxoff[j] + (i64)(h >> slot_shift) * 16;
+        }
+    }
+}
+
+/* _byte_contexts for stream i. */
+static void byte_contexts(Kernel *k, i64 i) {
+    i64 nc = k->prm[P_NC], ni = k->prm[P_NI];
+    u64 h8 = k->h8[i], c1 = h8 & 0xFF;
+    u64 wordh = k->wordh[i];
+    for (i64 j = 0; j < nc; j++) {
+        i64 kind = k->kinds[j];
+        u64 v;
+        switch (kind) {
+        case K_WORD: v = (wordh + c1) * H2; break;
+        case K_BIGRAM: v = (wordh + k->pword[i] * H3 + c1) * H1; break;
+        case K_COLUMN: v = ((u64)k->above[i] << 8) | c1; break;
+        case K_FIELD: v = wordh * H3 + (u64)k->field[i]; break;
+        default: v = kind == 0 ? 0 : h8 & (((u64)1 << (8 * kind)) - 1); break;
+        }
+        k->ctxv[i * nc + j] = v;
+    }
+    nibble_slots(k, i, 0);
+    i64 mlen = k->mlen[i];
+    i64 mbucket = k->mok[i] ? k->mbucket[mlen < 64 ? mlen : 64] : 0;
+    i64 mbyte = k->hist[k->mptr[i]];
+    for (int bit = 0; bit < 8; bit++) {
+        i64 e = (mbyte >> (7 - bit)) & 1;
+        k->ebit[i * 8 + bit] = e;
+        k->midx[i * 8 + bit] = k->prm[P_MATCHOFF] + (mbucket * 2 + e) * 16 + bit;
+    }
+    k->wsel[i] = (mbucket < 3 ? mbucket : 3) << 8;
+    /* w2_off: set B follows the 1024 sets of A */
+    i64 w2_off = k->prm[P_WOFF] + 256 * 4 * ni;
+    k->wsel2[i] = w2_off + ((i64)c1 << 3) * ni;
+    i64 apm2_off = k->prm[P_WOFF] - (i64)(1 << 16) * APM_POINTS;
+    i64 a2 = apm2_off + ((i64)c1 << 8) * APM_POINTS;
+    k->abase[i * 4 + 2] = a2;
+    k->abase[i * 4 + 3] = a2 + 1;
+}
+
+/* _end_byte for streams 0..n-1, at byte position pos. */
+static void end_byte(Kernel *k, i64 n, i64 pos) {
+    int rb = (int)k->prm[P_RINGBITS];
+    i64 ring_mask = ((i64)1 << rb) - 1;
+    i64 nxt = pos + 1, mmin = k->prm[P_MATCHMIN];
+    int mhb = (int)k->prm[P_MHASHBITS];
+    uint8_t *hist = k->hist;
+    /* Pass 1: every stream's byte goes into its ring before anyone reads history. */
+    for (i64 i = 0; i < n; i++) hist[(i << rb) + (pos & ring_mask)] = (uint8_t)(k->c0[i] - 256);
+    /* Pass 2: per-stream state; match candidates read the table as it was before. */
+    for (i64 i = 0; i < n; i++) {
+        i64 byte = k->c0[i] - 256;
+        i64 row_base = i << rb;
+        u64 ub = (u64)byte;
+        u64 h8 = (k->h8[i] << 8) | ub;
+        k->h8[i] = h8;
+        int is_word = k->wordbyte[byte] != 0;
+        u64 wordh = k->wordh[i];
+        if (!is_word && wordh != 0) k->pword[i] = wordh;
+        k->wordh[i] = is_word ? (wordh + ub + 1) * H1 : 0;
+        if (byte == 10) {
+            k->pline[i] = k->line[i];
+            k->line[i] = pos + 1;
+            k->col[i] = 0;
+            k->field[i] = 0;
+        } else {
+            k->col[i] += 1;
+            i64 f = k->field[i] + (byte == 32);
+            k->field[i] = f < MAX_FIELD ? f : MAX_FIELD;
+        }
+        i64 ab_pos = k->pline[i] + k->col[i];
+        int has_above = (ab_pos < k->line[i]) && (pos + 1 - ab_pos <= ring_mask);
+        k->above[i] = has_above ? (i64)hist[row_base + (ab_pos & ring_mask)] : 256;
+
+        int ok = k->mok[i] != 0;
+        i64 mlen = 0;
+        if (ok) mlen = k->mlen[i] + 1 < 65535 ? k->mlen[i] + 1 : 65535;
+        i64 mptr = k->mptr[i];
+        mptr = ((mptr >> rb) << rb) + ((mptr + 1) & ring_mask);
+        if (nxt >= mmin) {
+            u64 key_mask = mmin >= 8 ? ~(u64)0 : (((u64)1 << (8 * mmin)) - 1);
+            i64 key = (i64)(((h8 & key_mask) * H2) >> (64 - mhb));
+            i64 cand = k->mtab[key];
+            k->key[i] = key;
+            if (!ok && cand > 0) {
+                i64 c_pos = (cand >> 16) - 1, c_row = cand & 0xFFFF;
+                i64 vlen = 0;
+                for (i64 back = 1; back <= 16; back++) {
+                    int valid = back <= c_pos && nxt - c_pos + back <= ring_mask;
+                    if (!valid) break;
+                    uint8_t own = hist[row_base + ((nxt - back) & ring_mask)];
+                    uint8_t oth = hist[(c_row << rb) + ((c_pos - back) & ring_mask)];
+                    if (own != oth) break;
+                    vlen++;
+                }
+                if (vlen >= mmin) {
+                    mlen = vlen;
+                    mptr = (c_row << rb) + (c_pos & ring_mask);
+                }
+            }
+        }
+        k->mlen[i] = mlen;
+        k->mptr[i] = mptr;
+        k->mok[i] = mlen > 0;
+    }
+    /* Pass 3: record this position (np.maximum.at: the most recent, then the highest row). */
+    if (nxt >= mmin)
+        for (i64 i = 0; i < n; i++) {
+            i64 v = ((nxt + 1) << 16) | i;
+            if (v > k->mtab[k->key[i]]) k->mtab[k->key[i]] = v;
+        }
+}
+
+/* ----------------------------------------------------------------------- lockstep */
+
+static PyObject *Kernel_predict(Kernel *k, PyObject *args) {
+    Py_ssize_t n, bit;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "nnw*", &n, &bit, &out)) return NULL;
+    if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || out.len < n * 2 * 4 ||
+        out.itemsize != 4) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "Kernel.predict: bad n, bit or output buffer");
+        return NULL;
+    }
+    uint32_t *tab = out.buf;
+    i64 nc = k->prm[P_NC], ni = k->prm[P_NI], ncols = k->prm[P_NCOLS];
+    i64 capm = k->prm[P_CAPM], cw = k->prm[P_CW], tsize = k->prm[P_TABLESIZE];
+    i64 match_off = k->prm[P_MATCHOFF], w_off = k->prm[P_WOFF];
+    int bad = 0;
+    const i64 apm_wmul[4] = {-1, 1, -2, 2}, apm_wadd[4] = {4096, 0, 8192, 0};
+    for (i64 i = 0; i < n; i++) {
+        i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
+        i64 *x = k->x + i * 2 * ni;
+        i64 c0 = k->c0[i], c0n = k->c0n[i];
+        int mok = k->mok[i] != 0;
+        for (i64 j = 0; j < nc; j++) idx[j] = k->blk[i * nc + j] + c0n;
+        idx[nc] = mok ? k->midx[i * 8 + bit] : match_off + bit;
+        for (i64 j = 0; j <= nc; j++) {
+            if ((u64)idx[j] >= (u64)tsize) bad = 1, idx[j] = 0;
+            val[j] = k->t[idx[j]];
+            pc[j] = clip_p(val[j]);
+            x[j] = x[ni + j] = k->stretch[pc[j] >> (P_BITS - 12)];
+        }
+        /* Mixer: set A by partial byte and match state, set B by last byte and bit. */
+        i64 wb0 = (c0 + (mok ? k->wsel[i] : 0)) * ni + w_off;
+        i64 wb1 = k->wsel2[i] + bit * ni;
+        k->wbase[i * 2] = wb0;
+        k->wbase[i * 2 + 1] = wb1;
+        u64 dot = 0;
+        for (i64 m = 0; m < ni; m++) {
+            idx[cw + m] = wb0 + m;
+            idx[cw + ni + m] = wb1 + m;
+        }
+        for (i64 m = 0; m < 2 * ni; m++) {
+            if ((u64)idx[cw + m] >= (u64)tsize) bad = 1, idx[cw + m] = 0;
+            dot += (u64)x[m] * (u64)k->t[idx[cw + m]];
+        }
+        i64 d = asr((i64)dot, 16);
+        d = d < -2047 ? -2047 : (d > 2047 ? 2047 : d);
+        d += 2048;
+        i64 p12 = k->squash[d];
+        /* APM/SSE: the two points around the mixer's stretch value, in APM1 and APM2. */
+        i64 posn = d * (APM_POINTS - 1);
+        i64 wt = posn & 4095;
+        i64 a = c0 * APM_POINTS + (posn >> 12);
+        u64 s_apm = 0;
+        for (int m = 0; m < 4; m++) {
+            i64 ia = k->abase[i * 4 + m] + a;
+            if ((u64)ia >= (u64)tsize) bad = 1, ia = 0;
+            idx[capm + m] = ia;
+            val[capm + m] = k->t[ia];
+            pc[capm + m] = clip_p(val[capm + m]);
+            s_apm += (u64)pc[capm + m] * (u64)(wt * apm_wmul[m] + apm_wadd[m]);
+        }
+        i64 p16 = asr((i64)(((u64)p12 << P_BITS) + s_apm), P_BITS - 16 + 12 + 2);
+        k->p12[i] = p12;
+        tab[i * 2 + 1] = (uint32_t)p16;
+        tab[i * 2] = (uint32_t)(65536 - p16);
+    }
+    PyBuffer_Release(&out);
+    if (bad) {
+        PyErr_SetString(PyExc_RuntimeError, "Kernel.predict: table index out of range "
+                        "(inconsistent predictor state)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Kernel_update(Kernel *k, PyObject *args) {
+    Py_ssize_t n, bit, step;
+    Py_buffer yb;
+    if (!PyArg_ParseTuple(args, "y*nnn", &yb, &n, &bit, &step)) return NULL;
+    if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || yb.itemsize != 8 || yb.len < n * 8) {
+        PyBuffer_Release(&yb);
+        PyErr_SetString(PyExc_ValueError, "Kernel.update: bad n, bit or symbols");
+        return NULL;
+    }
+    const i64 *y = yb.buf;
+    for (i64 i = 0; i < n; i++)
+        if (y[i] != 0 && y[i] != 1) {
+            PyBuffer_Release(&yb);
+            PyErr_Format(PyExc_ValueError, "Kernel.update: symbols must be bits, got %lld",
+                         (long long)y[i]);
+            return NULL;
+        }
+    i64 ni = k->prm[P_NI], ncols = k->prm[P_NCOLS], cw = k->prm[P_CW];
+    int shift = (int)k->prm[P_MIXSHIFT];
+    i64 round = (i64)1 << (shift - 1);
+    u64 *t = (u64 *)k->t; /* adds wrap, as numpy's int64 adds do */
+    for (i64 i = 0; i < n; i++) {
+        const i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
+        const i64 *x = k->x + i * 2 * ni;
+        i64 yi = y[i];
+        /* Counters (contexts, match, APM points): toward the bit by 1/(count + 1.5). */
+        for (i64 j = 0; j < cw; j++) {
+            i64 cnt = val[j] & N_MASK;
+            i64 d = ((yi << P_BITS) - pc[j]) * k->recip[cnt];
+            d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[j]);
+            t[idx[j]] += (u64)d;
+        }
+        /* Mixer: gradient step on coding cost, err in 12-bit probability units. */
+        i64 err = (yi << 12) - k->p12[i];
+        for (i64 m = 0; m < 2 * ni; m++) {
+            i64 dw = asr((i64)((u64)x[m] * (u64)err + (u64)round), shift);
+            t[idx[cw + m]] += (u64)dw;
+        }
+    }
+    /* Partial byte and nibble; the match stays on only while its bits were right. */
+    for (i64 i = 0; i < n; i++) {
+        k->mok[i] = k->mok[i] && k->ebit[i * 8 + bit] == y[i];
+        k->c0[i] = (k->c0[i] << 1) | y[i];
+        k->c0n[i] = (k->c0n[i] << 1) | y[i];
+    }
+    PyBuffer_Release(&yb);
+    if (bit + 1 == 4) {
+        for (i64 i = 0; i < n; i++) {
+            k->c0n[i] = 1;
+            nibble_slots(k, i, k->c0[i] - 15); /* 1 + the high nibble */
+        }
+    } else if (bit + 1 == 8) {
+        end_byte(k, n, step);
+        for (i64 i = 0; i < n; i++) {
+            k->c0[i] = 1;
+            k->c0n[i] = 1;
+            byte_contexts(k, i);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Kernel_methods[] = {
+    {"predict", (PyCFunction)Kernel_predict, METH_VARARGS,
+     "predict(n, bit, out): the (n, 2) uint32 tables of streams 0..n-1 into out."},
+    {"update", (PyCFunction)Kernel_update, METH_VARARGS,
+     "update(y, n, bit, step): learn the bits y (n,) int64; per-nibble and per-byte work "
+     "when the nibble or byte completes (step = position of the byte)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject KernelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tinyzip.model._cm_kernel.Kernel",
+    .tp_basicsize = sizeof(Kernel),
+    .tp_dealloc = (destructor)Kernel_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Kernel(arrays, params): predict/update bound to a ContextMixPredictor's arrays.",
+    .tp_methods = Kernel_methods,
+    .tp_init = (initproc)Kernel_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_cm_kernel",
+    "Compiled per-bit predict/update of ContextMixPredictor (see _cm_kernel.c).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cm_kernel(void) {
+    if (PyType_Ready(&KernelType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&KernelType);
+    if (PyModule_AddObject(m, "Kernel", (PyObject *)&KernelType) < 0) {
+        Py_DECREF(&KernelType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

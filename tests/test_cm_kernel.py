@@ -1,0 +1,176 @@
+"""The compiled kernel of the context-mixing predictor matches the numpy reference bit for bit.
+
+Two predictors, one running model/_cm_kernel.c and one the numpy code of
+model/context_mix.py, go through the same lockstep calls; every emitted table, the shared
+tables and every per-stream state array must be identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tinyzip.model import context_mix
+from tinyzip.model.context_mix import ContextMixPredictor
+
+pytestmark = pytest.mark.skipif(
+    context_mix._cm_kernel is None, reason="the C kernel tinyzip.model._cm_kernel was not built"
+)
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "loghub"
+# Small tables: collisions and shared entries are frequent, which is what must match.
+SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits": 10}
+# Per-stream arrays whose values are part of the state (scratch buffers are not compared).
+STATE = (
+    "_c0 _c0n _h8 _wordh _pword _col _field _line _pline _above _hist _mtab _mlen _mptr _mok"
+).split()
+
+
+def loghub(name: str, start: int, n_bytes: int) -> bytes:
+    path = LOGHUB / name
+    if not path.is_file():
+        pytest.skip(f"corpus file {path} is missing")
+    return path.read_bytes()[start : start + n_bytes]
+
+
+def cut(data: bytes, n_streams: int, seed: int) -> list[bytes]:
+    """``n_streams`` chunks of unequal lengths (some maybe empty), longest first."""
+    rng = random.Random(seed)
+    cuts = sorted(rng.randrange(len(data) + 1) for _ in range(n_streams - 1))
+    bounds = [0, *cuts, len(data)]
+    chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return sorted(chunks, key=len, reverse=True)
+
+
+def lockstep_compare(a: ContextMixPredictor, b: ContextMixPredictor, streams: list[bytes]) -> None:
+    """One frame through both predictors; tables compared at every step, state at the end."""
+    assert a.compiled and not b.compiled
+    syms = [a.to_symbols(s) for s in streams]
+    lens = np.array([len(s) for s in syms], dtype=np.int64)
+    steps = int(lens.max(initial=0))
+    grid = np.zeros((len(syms), steps), dtype=np.uint8)
+    for i, s in enumerate(syms):
+        grid[i, : len(s)] = s
+    a.begin(len(streams))
+    b.begin(len(streams))
+    for t in range(steps):
+        n = int(np.count_nonzero(lens > t))
+        ta, tb = a.predict(n), b.predict(n)
+        if not np.array_equal(ta, tb):
+            rows = np.flatnonzero((ta != tb).any(axis=1))
+            pytest.fail(f"tables differ at step {t} (byte {t // 8}, bit {t % 8}), rows {rows}")
+        a.update(grid[:n, t])
+        b.update(grid[:n, t])
+    assert a.state_digest() == b.state_digest()
+    for name in STATE:
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert (a._step, a._bit) == (b._step, b._bit)
+
+
+def pair(**kw: Any) -> tuple[ContextMixPredictor, ContextMixPredictor]:
+    return ContextMixPredictor(compiled=True, **kw), ContextMixPredictor(compiled=False, **kw)
+
+
+INPUTS = {
+    "hdfs": lambda n: loghub("HDFS_2k.log", 1000, n),
+    "linux": lambda n: loghub("Linux_2k.log", 50_000, n),
+    "random": lambda n: random.Random(7).randbytes(n),
+    "all_values": lambda n: (bytes(range(256)) + bytes(range(255, -1, -1))) * (n // 512 + 1),
+    "runs": lambda n: (
+        (b"\x00" * 300 + b"\xff" * 200 + b"\n" * 50 + b" " * 50 + b"a" * 400) * (n // 1000 + 1)
+    ),
+}
+# Bytes per B: the numpy reference costs ~0.2 ms per step whatever B is.
+SIZES = {1: 300, 7: 1200, 64: 5000}
+
+
+@pytest.mark.parametrize("n_streams", sorted(SIZES))
+@pytest.mark.parametrize("name", sorted(INPUTS))
+def test_kernel_matches_numpy_table_for_table(name: str, n_streams: int) -> None:
+    data = INPUTS[name](SIZES[n_streams])[: SIZES[n_streams]]
+    a, b = pair(**SMALL)
+    # Two frames: the shared tables carry over and the kernel is rebound by begin.
+    lockstep_compare(a, b, cut(data, n_streams, seed=n_streams))
+    lockstep_compare(a, b, cut(data[: len(data) // 2], n_streams, seed=n_streams + 1))
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_kernel_matches_numpy_at_other_levels_and_default_tables(level: int) -> None:
+    a, b = pair(level=level, match_min=4 + level)
+    lockstep_compare(a, b, cut(loghub("Apache_2k.log", 0, 4000), 16, seed=level))
+
+
+def test_kernel_matches_numpy_after_reset() -> None:
+    a, b = pair(**SMALL, contexts=("o2", "word", "field"), match_min=8, mixer_shift=6)
+    data = loghub("HPC_2k.log", 3000, 1500)
+    lockstep_compare(a, b, cut(data, 5, seed=1))
+    a.reset()
+    b.reset()
+    lockstep_compare(a, b, cut(data, 9, seed=2))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    streams=st.lists(st.binary(max_size=48), min_size=1, max_size=6),
+    level=st.sampled_from([1, 2, 3]),
+    match_min=st.integers(2, 8),
+    counter_limit=st.sampled_from([1, 30, 255]),
+)
+def test_kernel_matches_numpy_on_small_random_inputs(
+    streams: list[bytes], level: int, match_min: int, counter_limit: int
+) -> None:
+    streams = sorted(streams, key=len, reverse=True)
+    a, b = pair(**SMALL, level=level, match_min=match_min, counter_limit=counter_limit)
+    lockstep_compare(a, b, streams)
+
+
+def test_kernel_rejects_symbols_that_are_not_bits() -> None:
+    pred = ContextMixPredictor(compiled=True, **SMALL)
+    pred.begin(2)
+    pred.predict(2)
+    with pytest.raises(ValueError, match="bits"):
+        pred.update(np.array([0, 2]))
+
+
+def test_pure_numpy_environment_variable_disables_the_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TINYZIP_PURE_NUMPY", "1")
+    assert not ContextMixPredictor(**SMALL).compiled
+    monkeypatch.delenv("TINYZIP_PURE_NUMPY")
+    assert ContextMixPredictor(**SMALL).compiled
+
+
+_ROUNDTRIP = """
+import hashlib, sys, tinyzip
+data = open(sys.argv[1], "rb").read()[2000:3200]
+blob = tinyzip.compress(data, model="cm")
+if sys.argv[2] == "0":  # the numpy reference only encodes: it costs 0.2 ms per bit
+    assert tinyzip.decompress(blob) == data
+print(hashlib.sha256(blob).hexdigest())
+"""
+
+
+def test_archives_are_identical_with_and_without_the_kernel() -> None:
+    path = LOGHUB / "Mac_2k.log"
+    if not path.is_file():
+        pytest.skip(f"corpus file {path} is missing")
+    digests = {}
+    for pure in ("0", "1"):
+        env = {**os.environ, "TINYZIP_PURE_NUMPY": pure}
+        out = subprocess.run(
+            [sys.executable, "-c", _ROUNDTRIP, str(path), pure],
+            env=env, capture_output=True, text=True, check=True, timeout=300,
+        )  # fmt: skip
+        digests[pure] = out.stdout.strip()
+    assert digests["0"] == digests["1"]
+    assert len(digests["0"]) == len(hashlib.sha256().hexdigest())
