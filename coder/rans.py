@@ -327,7 +327,7 @@ class StreamDecoder:
         word = self._words.take(np.minimum(cursor, limit))
         x[...] = np.where(need, (x_new << self._word_bits) | word, x_new)
         cursor += need
-        return cast(NDArray[np.int64], symbols)
+        return cast("NDArray[np.int64]", symbols)
 
     def _make_views(self, k: int, n_symbols: int) -> None:
         """Views of the per-stream arrays on the active prefix, rebuilt only when k changes."""
