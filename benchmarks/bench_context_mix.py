@@ -7,6 +7,7 @@ file (python lzma / gzip). Writes benchmarks/results/context_mix.json.
 
     python benchmarks/bench_context_mix.py                       # all loghub files, B=64
     python benchmarks/bench_context_mix.py --streams 16 --limit 65536 FILE...
+    python benchmarks/bench_context_mix.py --kernel-vs-numpy 262144 --probe-bytes 131072 FILE
 """
 
 from __future__ import annotations
@@ -63,28 +64,145 @@ def ideal_bits(
     return total, time.perf_counter() - t0, time.process_time() - c0
 
 
-def speed_probe(path: Path, n_bytes: int, streams: tuple[int, ...]) -> list[dict[str, Any]]:
+def speed_probe(
+    path: Path, n_bytes: int, streams: tuple[int, ...], *, compiled: bool | None = None
+) -> list[dict[str, Any]]:
     """KB/s of input bytes at several B on the first n_bytes of one file."""
     data = path.read_bytes()[:n_bytes]
     out = []
     for b in streams:
-        bits, wall, cpu = ideal_bits(ContextMixPredictor(), data, b)
+        pred = ContextMixPredictor(compiled=compiled)
+        bits, wall, cpu = ideal_bits(pred, data, b)
         out.append(
             {
                 "file": path.name,
                 "bytes": len(data),
                 "streams": b,
+                "path": "C kernel" if pred.compiled else "numpy",
                 "bpb": bits / len(data),
                 "kb_per_s_wall": len(data) / 1000 / wall,
                 "kb_per_s_cpu": len(data) / 1000 / cpu,
             }
         )
         print(
-            f"speed B={b:3d}: {out[-1]['kb_per_s_cpu']:.1f} KB/s cpu, "
+            f"speed B={b:3d} {out[-1]['path']}: {out[-1]['kb_per_s_cpu']:.1f} KB/s cpu, "
             f"{out[-1]['kb_per_s_wall']:.1f} KB/s wall ({len(data)} B of {path.name})",
             flush=True,
         )
     return out
+
+
+def _archive_speed(data: bytes, *, pure_numpy: bool) -> dict[str, Any]:
+    """tinyzip.compress / decompress KB/s with model cm, and where the time goes (cProfile)."""
+    import cProfile
+    import hashlib
+    import os
+    import pstats
+
+    import tinyzip
+
+    old = os.environ.get("TINYZIP_PURE_NUMPY")
+    os.environ["TINYZIP_PURE_NUMPY"] = "1" if pure_numpy else "0"
+    try:
+        row: dict[str, Any] = {"path": "numpy" if pure_numpy else "C kernel", "bytes": len(data)}
+        t0, c0 = time.perf_counter(), time.process_time()
+        blob = tinyzip.compress(data, model="cm")
+        row["compress_kb_per_s_wall"] = len(data) / 1000 / (time.perf_counter() - t0)
+        row["compress_kb_per_s_cpu"] = len(data) / 1000 / (time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        back = tinyzip.decompress(blob)
+        row["decompress_kb_per_s_wall"] = len(data) / 1000 / (time.perf_counter() - t0)
+        row["decompress_kb_per_s_cpu"] = len(data) / 1000 / (time.process_time() - c0)
+        assert back == data, "round trip failed"
+        row["archive_bytes"] = len(blob)
+        row["archive_sha256"] = hashlib.sha256(blob).hexdigest()
+        if not pure_numpy:  # per-function seconds of one more run of each, under cProfile
+            for what, call in (
+                ("compress", lambda: tinyzip.compress(data, model="cm")),
+                ("decompress", lambda: tinyzip.decompress(blob)),
+            ):
+                prof = cProfile.Profile()
+                prof.runcall(call)
+                st = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+                top = sorted(st.items(), key=lambda kv: -kv[1][2])[:8]
+                row[f"{what}_profile_tottime_s"] = {
+                    f"{Path(k[0]).name}:{k[2]}": round(v[2], 3) for k, v in top
+                }
+    finally:
+        if old is None:
+            del os.environ["TINYZIP_PURE_NUMPY"]
+        else:
+            os.environ["TINYZIP_PURE_NUMPY"] = old
+    print(
+        f"archive {row['path']}: compress {row['compress_kb_per_s_cpu']:.1f} KB/s cpu, "
+        f"decompress {row['decompress_kb_per_s_cpu']:.1f} KB/s cpu, {len(blob)} B",
+        flush=True,
+    )
+    return row
+
+
+def predictor_only(path: Path, n_bytes: int, n_streams: int, compiled: bool) -> dict[str, Any]:
+    """Microseconds per step in predict and in update alone (equal streams, columns ready)."""
+    data = path.read_bytes()[:n_bytes]
+    pred = ContextMixPredictor(compiled=compiled)
+    size = len(data) // n_streams
+    grid = pred.to_symbols(data[: size * n_streams]).reshape(n_streams, -1)
+    cols = [np.ascontiguousarray(grid[:, t]) for t in range(grid.shape[1])]
+    pred.begin(n_streams)
+    t_pred = t_upd = 0.0
+    for col in cols:
+        t0 = time.perf_counter()
+        pred.predict(n_streams)
+        t1 = time.perf_counter()
+        pred.update(col)
+        t_pred += t1 - t0
+        t_upd += time.perf_counter() - t1
+    row = {
+        "file": path.name,
+        "bytes": size * n_streams,
+        "streams": n_streams,
+        "path": "C kernel" if compiled else "numpy",
+        "us_per_step_predict": 1e6 * t_pred / len(cols),
+        "us_per_step_update": 1e6 * t_upd / len(cols),
+        "kb_per_s_wall": size * n_streams / 1000 / (t_pred + t_upd),
+    }
+    print(
+        f"predictor only B={n_streams:3d} {row['path']}: predict {row['us_per_step_predict']:.1f} "
+        f"us + update {row['us_per_step_update']:.1f} us per step, {row['kb_per_s_wall']:.1f} KB/s",
+        flush=True,
+    )
+    return row
+
+
+def kernel_vs_numpy(path: Path, probe_bytes: int, archive_bytes: int, out: Path) -> None:
+    """Speed of the C kernel against the numpy reference; writes ``out`` (cm_kernel.json)."""
+    probe = []
+    for compiled in (True, False):
+        probe += speed_probe(path, probe_bytes, (16, 64), compiled=compiled)
+    alone = [
+        predictor_only(path, probe_bytes, b, compiled)
+        for compiled in (True, False)
+        for b in (16, 64)
+    ]
+    data = path.read_bytes()[:archive_bytes]
+    archive = [_archive_speed(data, pure_numpy=p) for p in (False, True)]
+    assert archive[0]["archive_sha256"] == archive[1]["archive_sha256"], "archives differ"
+    result = {
+        "command": "python benchmarks/bench_context_mix.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()} {platform.python_version()} numpy {np.__version__}",
+        "note": "speed_probe: the predict+update loop of ideal_bits (one thread, all streams "
+        "together), input KB/s; archive: tinyzip.compress/decompress with model cm, "
+        "kernel vs TINYZIP_PURE_NUMPY=1 (identical archives); *_profile_tottime_s: "
+        "seconds per function (tottime) of one more kernel run under cProfile; "
+        "predictor_only: predict and update timed alone, without the probe's per-step "
+        "bookkeeping (active count, log2 of the true symbol's probability)",
+        "speed_probe": probe,
+        "predictor_only": alone,
+        "archive": archive,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--probe-bytes", type=int, default=32768, help="speed probe size at B=16/64 (0: skip)"
     )
+    ap.add_argument(
+        "--kernel-vs-numpy",
+        type=int,
+        default=0,
+        metavar="ARCHIVE_BYTES",
+        help="compare the C kernel with the numpy path instead: speed probe at B=16/64 and "
+        "tinyzip.compress/decompress of the first ARCHIVE_BYTES of the first file; writes "
+        "results/cm_kernel.json",
+    )
     args = ap.parse_args(argv)
     files = args.files or sorted(CORPUS.glob("*.log"))
+    if args.kernel_vs_numpy:
+        out = args.out or RESULTS.with_name("cm_kernel.json")
+        kernel_vs_numpy(files[0], args.probe_bytes, args.kernel_vs_numpy, out)
+        return 0
     params: dict[str, Any] = {}
     for kv in args.param:
         k, v = kv.split("=", 1)
