@@ -50,16 +50,16 @@ def _regions(blob: bytes) -> dict[str, list[int]]:
     header_end = src.tell()
     tables: list[int] = []
     payloads: list[int] = []
+    start = header_end
     for record in reader.scan():
         end = src.tell()
         if isinstance(record, FrameHeader):
-            table_len = 7 + 17 * len(record.chunks) + 4
             payload_len = sum(c.coded_len for c in record.chunks)
-            start = end - payload_len - table_len
-            tables += range(start, start + table_len)
+            tables += range(start, end - payload_len)
             payloads += range(end - payload_len, end)
         elif isinstance(record, EndRecord):
-            tables += range(end - 17, end)
+            tables += range(start, end)
+        start = end
     return {"header": list(range(header_end)), "tables": tables, "payloads": payloads}
 
 
