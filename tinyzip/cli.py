@@ -216,6 +216,10 @@ def _run_external(name: str, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not an error of ours, stop quietly.
+        _silence_stdout()
+        return 0
 
 
 def _expand(files: list[str], recursive: bool, action: str) -> Iterator[str]:
