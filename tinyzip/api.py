@@ -22,6 +22,9 @@ from tinyzip.coder.archive import (
 )
 from tinyzip.coder.container import FileHeader
 from tinyzip.coder.frames import FramePolicy
+
+#: Default most streams per frame (FramePolicy.max_streams): speed vs ratio.
+DEFAULT_STREAMS = FramePolicy.max_streams
 from tinyzip.errors import UsageError
 from tinyzip.models import ModelSpec, choose_model, resolver
 
@@ -59,7 +62,7 @@ def compress(
     data: bytes,
     model: ModelSpec = None,
     *,
-    streams: int = 64,
+    streams: int = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
 ) -> bytes:
     """Compress ``data`` into a .tzp archive held in memory.
@@ -87,7 +90,7 @@ def compress_stream(
     dst: BinaryIO,
     model: ModelSpec = None,
     *,
-    streams: int = 64,
+    streams: int = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
     original_size: int | None = None,
     on_progress: ProgressCallback | None = None,
@@ -136,7 +139,7 @@ class TinyzipFile(io.BufferedIOBase):
         mode: str = "rb",
         *,
         model: ModelSpec = None,
-        streams: int = 64,
+        streams: int = DEFAULT_STREAMS,
         frame_size: int = DEFAULT_FRAME_SIZE,
     ) -> None:
         mode = mode.replace("b", "")
@@ -232,7 +235,7 @@ def open(  # noqa: A001 - mirrors lzma.open / gzip.open
     mode: str = "rb",
     *,
     model: ModelSpec = None,
-    streams: int = 64,
+    streams: int = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
 ) -> TinyzipFile:
     """Open a .tzp archive as a binary file object (text mode is not supported)."""
