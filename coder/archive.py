@@ -28,7 +28,7 @@ from tinyzip.errors import CorruptInputError
 #: Raw bytes per frame unless the caller says otherwise. Larger frames give the
 #: streams more to learn from; the encoder's per-frame working set is roughly
 #: 10x the frame size for the bitwise model (symbol grid and coder ranges).
-DEFAULT_FRAME_SIZE = 1 << 20
+DEFAULT_FRAME_SIZE = 1 << 19
 
 #: Called with the number of raw bytes finished so far.
 ProgressCallback = Callable[[int], None]

@@ -152,8 +152,11 @@ class FrameEncoder:
             grid[row, : lengths[row]] = symbols[idx]
         active = _active_counts(lengths, n_steps)
 
-        starts = np.zeros((n_steps, len(streams)), dtype=np.uint32)  # (T, B)
-        freqs = np.zeros((n_steps, len(streams)), dtype=np.uint32)
+        # (T, B) symbol ranges. With tables of at most 2**16 over >= 2 symbols every range
+        # fits 16 bits, which halves the largest arrays of the encoder.
+        range_type = np.uint16 if predictor.freq_bits <= 16 and predictor.n_symbols >= 2 else np.uint32
+        starts = np.zeros((n_steps, len(streams)), dtype=range_type)
+        freqs = np.zeros((n_steps, len(streams)), dtype=range_type)
         predictor.begin(len(streams))
         for t in range(n_steps):
             n = int(active[t])

@@ -54,6 +54,10 @@ MAX_FREQ_BITS = 16
 _STATE_BYTES = 4
 
 
+#: Steps per block of the encoder's int64 working arrays (see encode_streams).
+ENCODE_BLOCK = 4096
+
+
 def _check_freq_bits(freq_bits: int) -> None:
     if not isinstance(freq_bits, (int, np.integer)) or not 1 <= freq_bits <= MAX_FREQ_BITS:
         raise UsageError(f"freq_bits must be an integer in 1..{MAX_FREQ_BITS}, got {freq_bits!r}")
@@ -140,35 +144,39 @@ def encode_streams(
         )
     max_len = int(lengths.max())
     total = 1 << freq_bits
-    active = np.arange(max_len, dtype=np.int64)[:, None] < lengths[None, :]  # (T, B)
-    # A stream past its end codes the range [0, M): that step is the identity on the state
-    # and never emits a word (x < 2**32 = M << (32 - freq_bits)), so the loop needs no mask.
-    freq = np.where(active, freqs[:max_len], total).astype(np.int64)
-    start = np.where(active, starts[:max_len], 0).astype(np.int64)
-    if max_len and ((freq < 1).any() or (start < 0).any() or (start + freq > total).any()):
-        bad = np.argwhere((freq < 1) | (start < 0) | (start + freq > total))[0]
-        raise UsageError(
-            f"symbol range [{start[bad[0], bad[1]]}, +{freq[bad[0], bad[1]]}) at step "
-            f"{bad[0]} of stream {bad[1]} is not a non-empty range inside [0, {total})"
-        )
-    # x >= freq << (32 - freq_bits) is when encoding would leave 32 bits: emit first.
-    emit_bound = freq << (32 - freq_bits)
-    # x_new = (x // f) * M + x % f + s = x + (x // f) * (M - f) + s: one multiply fewer.
-    gain = total - freq
-
     x = np.full(n_streams, STATE_LOWER, dtype=np.int64)
     words = np.empty((max_len, n_streams), dtype=np.uint16)
     emitted = np.empty((max_len, n_streams), dtype=bool)
     q = np.empty(n_streams, dtype=np.int64)
-    for t in range(max_len - 1, -1, -1):
-        e = emitted[t]
-        np.greater_equal(x, emit_bound[t], out=e)
-        words[t] = x  # low 16 bits (numpy's assignment casts unsafely, i.e. wraps)
-        np.right_shift(x, e * WORD_BITS, out=x)
-        np.floor_divide(x, freq[t], out=q)
-        q *= gain[t]
-        x += q
-        x += start[t]
+    # The int64 working arrays are built one block of steps at a time (backwards, as the
+    # encoder runs), so memory stays ~3 bytes per symbol plus one block, whatever T is.
+    for hi in range(max_len, 0, -ENCODE_BLOCK):
+        lo = max(0, hi - ENCODE_BLOCK)
+        active = np.arange(lo, hi, dtype=np.int64)[:, None] < lengths[None, :]  # (t, B)
+        # A stream past its end codes the range [0, M): that step is the identity on the
+        # state and never emits a word (x < 2**32 = M << (32 - freq_bits)): no mask needed.
+        freq = np.where(active, freqs[lo:hi].astype(np.int64), total)
+        start = np.where(active, starts[lo:hi].astype(np.int64), 0)
+        if (freq < 1).any() or (start < 0).any() or (start + freq > total).any():
+            bad = np.argwhere((freq < 1) | (start < 0) | (start + freq > total))[0]
+            raise UsageError(
+                f"symbol range [{start[bad[0], bad[1]]}, +{freq[bad[0], bad[1]]}) at step "
+                f"{lo + bad[0]} of stream {bad[1]} is not a non-empty range inside [0, {total})"
+            )
+        # x >= freq << (32 - freq_bits) is when encoding would leave 32 bits: emit first.
+        emit_bound = freq << (32 - freq_bits)
+        # x_new = (x // f) * M + x % f + s = x + (x // f) * (M - f) + s: one multiply fewer.
+        gain = total - freq
+        for t in range(hi - 1, lo - 1, -1):
+            i = t - lo
+            e = emitted[t]
+            np.greater_equal(x, emit_bound[i], out=e)
+            words[t] = x  # low 16 bits (numpy's assignment casts unsafely, i.e. wraps)
+            np.right_shift(x, e * WORD_BITS, out=x)
+            np.floor_divide(x, freq[i], out=q)
+            q *= gain[i]
+            x += q
+            x += start[i]
 
     # Words in decoding order: for each stream the emitting steps in increasing t (the
     # decoder reads at step t the word the encoder wrote at step t).

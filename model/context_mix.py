@@ -322,7 +322,11 @@ class ContextMixPredictor(Predictor):
     # -------------------------------------------------------------------- state
 
     def reset(self) -> None:
-        t = np.full(self._table_size, P_HALF << N_BITS, dtype=np.int64)  # p = 1/2, n = 0
+        # Refill in place: a fresh array beside the old one would double peak memory.
+        t = getattr(self, "_t", None)
+        if t is None or t.size != self._table_size:
+            t = np.empty(self._table_size, dtype=np.int64)
+        t.fill(P_HALF << N_BITS)  # p = 1/2, n = 0
         # APM tables start as the identity map: point j holds squash of its stretch value.
         xs = np.clip(np.arange(APM_POINTS) * 4096 // (APM_POINTS - 1) - 2048, -2047, 2047)
         ident = (SQUASH[xs + 2048] << (P_BITS - 12)) << N_BITS
