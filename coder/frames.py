@@ -32,6 +32,9 @@ from tinyzip.errors import CorruptInputError
 ZSTD_LEVEL = 19
 #: zstd level of the quick probe that decides whether running the model can pay.
 PROBE_LEVEL = 3
+#: A chunk also tries zstd at ZSTD_LEVEL unless its model payload is below this share of
+#: its zstd -3 size.
+ZSTD_TRY_RATIO = 0.5
 
 #: Called with the number of steps done and the total, for progress bars.
 StepCallback = Callable[[int, int], None]
@@ -41,9 +44,10 @@ StepCallback = Callable[[int, int], None]
 class FramePolicy:
     """Encoder-only choices; the decoder reads everything it needs from the frame header."""
 
-    max_streams: int = 32
-    """Most streams (chunks) per frame: more streams decode faster, fewer learn more per stream
-    (cm on Hadoop_2k.log: B = 64 0.248 bpb at 88 KB/s, 32: 0.228 at 66, 16: 0.215 at 35)."""
+    max_streams: int | None = None
+    """Most streams (chunks) per frame; None: the predictor's ``default_streams``. Fewer
+    streams learn more per stream (cm on Hadoop_2k.log: B = 32 0.228 bpb, 8: 0.207, 1:
+    0.185); batched predictors (the transformer engine) need many for speed."""
     min_stream_bytes: int = 4096
     """Fewest raw bytes per stream; small frames get fewer streams."""
     skip_below_ratio: float = 1 / 64
@@ -52,7 +56,7 @@ class FramePolicy:
     """Frames that zstd cannot shrink below this ratio are treated as incompressible."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_streams <= 4096:
+        if self.max_streams is not None and not 1 <= self.max_streams <= 4096:
             raise ValueError(f"--streams must be in 1..4096, got {self.max_streams}")
         if self.min_stream_bytes < 1:
             raise ValueError(f"min_stream_bytes must be >= 1, got {self.min_stream_bytes}")
@@ -112,7 +116,8 @@ class FrameEncoder:
         if probe < self.policy.skip_below_ratio or probe > self.policy.skip_above_ratio:
             return self._whole_frame(raw)
 
-        n_streams = max(1, min(self.policy.max_streams, len(raw) // self.policy.min_stream_bytes))
+        max_streams = self.policy.max_streams or self.predictor.default_streams
+        n_streams = max(1, min(max_streams, len(raw) // self.policy.min_stream_bytes))
         stream_lens = split_streams(len(raw), n_streams)
         offsets = np.concatenate([[0], np.cumsum(stream_lens)])
         streams = [raw[offsets[i] : offsets[i + 1]] for i in range(n_streams)]
@@ -123,7 +128,11 @@ class FrameEncoder:
         payloads: list[bytes] = []
         for stream, (n_sym, coded) in zip(streams, model_payloads, strict=True):
             crc = zlib.crc32(stream)
-            packed = _zstd(stream, ZSTD_LEVEL)
+            packed = _zstd(stream, PROBE_LEVEL)
+            # zstd -19 costs as much time as the model itself (0.66 s per 512 KiB); it only
+            # runs where it could win: it is not half the size of zstd -3 on real data.
+            if len(coded) >= len(packed) * ZSTD_TRY_RATIO:
+                packed = min(packed, _zstd(stream, ZSTD_LEVEL), key=len)
             # Smallest wins; ties go to the cheaper-to-decode mode.
             if len(stream) <= min(len(coded), len(packed)):
                 chunks.append(Chunk(ChunkMode.STORED, len(stream), n_sym, len(stream), crc))
@@ -151,13 +160,28 @@ class FrameEncoder:
         for row, idx in enumerate(order):
             grid[row, : lengths[row]] = symbols[idx]
         active = _active_counts(lengths, n_steps)
+        coded_sorted = predictor.encode_frame(grid, active, on_step)  # compiled, when it has one
+        if coded_sorted is None:
+            coded_sorted = self._lockstep_payloads(grid, active, lengths, on_step)
+        coded = [b""] * len(streams)
+        for row, idx in enumerate(order):
+            coded[idx] = coded_sorted[row]
+        return list(zip(n_symbols, coded, strict=True))
 
+    def _lockstep_payloads(
+        self, grid: np.ndarray, active: np.ndarray, lengths: np.ndarray,
+        on_step: StepCallback | None,
+    ) -> list[bytes]:  # fmt: skip
+        """The reference loop: predict, code and update one step at a time (grid row order)."""
+        predictor = self.predictor
+        assert predictor is not None
+        n_steps = grid.shape[1]
         # (T, B) symbol ranges. With tables of at most 2**16 over >= 2 symbols every range
         # fits 16 bits, which halves the largest arrays of the encoder.
         range_type = np.uint16 if predictor.freq_bits <= 16 and predictor.n_symbols >= 2 else np.uint32
-        starts = np.zeros((n_steps, len(streams)), dtype=range_type)
-        freqs = np.zeros((n_steps, len(streams)), dtype=range_type)
-        predictor.begin(len(streams))
+        starts = np.zeros((n_steps, grid.shape[0]), dtype=range_type)
+        freqs = np.zeros((n_steps, grid.shape[0]), dtype=range_type)
+        predictor.begin(grid.shape[0])
         for t in range(n_steps):
             n = int(active[t])
             step_symbols = grid[:n, t]
@@ -166,11 +190,7 @@ class FrameEncoder:
             predictor.update(step_symbols)
             if on_step is not None and (t & 4095) == 0:
                 on_step(t, n_steps)
-        coded_sorted = encode_streams(starts, freqs, lengths, freq_bits=predictor.freq_bits)
-        coded = [b""] * len(streams)
-        for row, idx in enumerate(order):
-            coded[idx] = coded_sorted[row]
-        return list(zip(n_symbols, coded, strict=True))
+        return encode_streams(starts, freqs, lengths, freq_bits=predictor.freq_bits)
 
 
 class FrameDecoder:
@@ -244,17 +264,19 @@ class FrameDecoder:
         active = _active_counts(lengths, n_steps)
         model_active = _active_counts(model_lengths, n_steps)
 
-        predictor.begin(len(order))
-        for t in range(n_steps):
-            n = int(active[t])
-            tables = predictor.predict(n)
-            k = int(model_active[t])
-            if k:
-                sel = rows[:k]
-                grid[sel, t] = decoder.decode(tables[sel])
-            predictor.update(grid[:n, t])
-            if on_step is not None and (t & 4095) == 0:
-                on_step(t, n_steps)
+        if not predictor.decode_frame(grid, active, model_active, rows, decoder, on_step):
+            # The reference loop (a compiled decode_frame gives the same symbols).
+            predictor.begin(len(order))
+            for t in range(n_steps):
+                n = int(active[t])
+                tables = predictor.predict(n)
+                k = int(model_active[t])
+                if k:
+                    sel = rows[:k]
+                    grid[sel, t] = decoder.decode(tables[sel])
+                predictor.update(grid[:n, t])
+                if on_step is not None and (t & 4095) == 0:
+                    on_step(t, n_steps)
         decoder.finish()
 
         raws: list[bytes] = [b""] * len(order)

@@ -263,6 +263,11 @@ class StreamDecoder:
         self._views: tuple[NDArray[np.int64], ...] = ()
 
     @property
+    def freq_bits(self) -> int:
+        """Every table row sums to 2**freq_bits."""
+        return self._freq_bits
+
+    @property
     def n_active(self) -> int:
         """Number of streams still decoding (a prefix of the payloads)."""
         return self._n_active
@@ -336,6 +341,29 @@ class StreamDecoder:
         x[...] = np.where(need, (x_new << self._word_bits) | word, x_new)
         cursor += need
         return cast("NDArray[np.int64]", symbols)
+
+    def raw_state(self) -> tuple[NDArray[np.int64], ...]:
+        """(x, cursor, limit, words): the arrays a compiled loop decodes with in place,
+        exactly as ``decode`` does; it then reports its steps with ``account``."""
+        return self._x, self._cursor, self._limit, self._words
+
+    def account(self, counts: NDArray[np.int64]) -> None:
+        """Record steps decoded outside ``decode``: counts[t] streams were active at step t
+        (non-increasing, at most ``n_active``), as if ``decode`` had been called per step."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if self._finished:
+            raise UsageError("this StreamDecoder has finished")
+        if counts.size == 0:
+            return
+        if counts[0] > self._n_active or (np.diff(counts) > 0).any() or counts[-1] < 0:
+            raise UsageError("active counts must be non-increasing and at most n_active")
+        new = int(counts[-1])
+        for b in range(new, self._n_active):
+            # steps before stream b left: the t with counts[t] > b (a prefix of counts)
+            self._steps[b] = self._n_steps + int(np.searchsorted(-counts, -b, side="left"))
+        self._n_active = new
+        self._n_steps += counts.size
+        self._views_k = -1
 
     def _make_views(self, k: int, n_symbols: int) -> None:
         """Views of the per-stream arrays on the active prefix, rebuilt only when k changes."""

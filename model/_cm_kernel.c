@@ -97,6 +97,8 @@ typedef struct {
     i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds;
     /* per-stream scratch of the match lookup (n <= b) */
     i64 *cand, *key;
+    /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
+    i64 *scratch, *y;
 } Kernel;
 
 static void Kernel_dealloc(Kernel *self) {
@@ -104,6 +106,8 @@ static void Kernel_dealloc(Kernel *self) {
         if (self->held[i]) PyBuffer_Release(&self->buf[i]);
     PyMem_Free(self->cand);
     PyMem_Free(self->key);
+    PyMem_Free(self->scratch);
+    PyMem_Free(self->y);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -178,11 +182,19 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         }
     self->cand = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->cand || !self->key) {
+    self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    if (!self->cand || !self->key || !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
     }
     return 0;
+}
+
+static PyObject *bad_state(void) {
+    PyErr_SetString(PyExc_RuntimeError, "Kernel.predict: table index out of range "
+                    "(inconsistent predictor state)");
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ per-byte work */
@@ -315,17 +327,9 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
 
 /* ----------------------------------------------------------------------- lockstep */
 
-static PyObject *Kernel_predict(Kernel *k, PyObject *args) {
-    Py_ssize_t n, bit;
-    Py_buffer out;
-    if (!PyArg_ParseTuple(args, "nnw*", &n, &bit, &out)) return NULL;
-    if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || out.len < n * 2 * 4 ||
-        out.itemsize != 4) {
-        PyBuffer_Release(&out);
-        PyErr_SetString(PyExc_ValueError, "Kernel.predict: bad n, bit or output buffer");
-        return NULL;
-    }
-    uint32_t *tab = out.buf;
+/* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
+ * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
+static int predict_core(Kernel *k, i64 n, int bit, i64 *p16out) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI], ncols = k->prm[P_NCOLS];
     i64 capm = k->prm[P_CAPM], cw = k->prm[P_CW], tsize = k->prm[P_TABLESIZE];
     i64 match_off = k->prm[P_MATCHOFF], w_off = k->prm[P_WOFF];
@@ -375,37 +379,15 @@ static PyObject *Kernel_predict(Kernel *k, PyObject *args) {
             pc[capm + m] = clip_p(val[capm + m]);
             s_apm += (u64)pc[capm + m] * (u64)(wt * apm_wmul[m] + apm_wadd[m]);
         }
-        i64 p16 = asr((i64)(((u64)p12 << P_BITS) + s_apm), P_BITS - 16 + 12 + 2);
         k->p12[i] = p12;
-        tab[i * 2 + 1] = (uint32_t)p16;
-        tab[i * 2] = (uint32_t)(65536 - p16);
+        p16out[i] = asr((i64)(((u64)p12 << P_BITS) + s_apm), P_BITS - 16 + 12 + 2);
     }
-    PyBuffer_Release(&out);
-    if (bad) {
-        PyErr_SetString(PyExc_RuntimeError, "Kernel.predict: table index out of range "
-                        "(inconsistent predictor state)");
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return bad ? -1 : 0;
 }
 
-static PyObject *Kernel_update(Kernel *k, PyObject *args) {
-    Py_ssize_t n, bit, step;
-    Py_buffer yb;
-    if (!PyArg_ParseTuple(args, "y*nnn", &yb, &n, &bit, &step)) return NULL;
-    if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || yb.itemsize != 8 || yb.len < n * 8) {
-        PyBuffer_Release(&yb);
-        PyErr_SetString(PyExc_ValueError, "Kernel.update: bad n, bit or symbols");
-        return NULL;
-    }
-    const i64 *y = yb.buf;
-    for (i64 i = 0; i < n; i++)
-        if (y[i] != 0 && y[i] != 1) {
-            PyBuffer_Release(&yb);
-            PyErr_Format(PyExc_ValueError, "Kernel.update: symbols must be bits, got %lld",
-                         (long long)y[i]);
-            return NULL;
-        }
+/* update for streams 0..n-1 with their bits y (each 0 or 1, checked by the callers), at
+ * bit position bit of the byte at position step. */
+static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
     i64 ni = k->prm[P_NI], ncols = k->prm[P_NCOLS], cw = k->prm[P_CW];
     int shift = (int)k->prm[P_MIXSHIFT];
     i64 round = (i64)1 << (shift - 1);
@@ -434,7 +416,6 @@ static PyObject *Kernel_update(Kernel *k, PyObject *args) {
         k->c0[i] = (k->c0[i] << 1) | y[i];
         k->c0n[i] = (k->c0n[i] << 1) | y[i];
     }
-    PyBuffer_Release(&yb);
     if (bit + 1 == 4) {
         for (i64 i = 0; i < n; i++) {
             k->c0n[i] = 1;
@@ -448,7 +429,290 @@ static PyObject *Kernel_update(Kernel *k, PyObject *args) {
             byte_contexts(k, i);
         }
     }
+}
+
+static PyObject *Kernel_predict(Kernel *k, PyObject *args) {
+    Py_ssize_t n, bit;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "nnw*", &n, &bit, &out)) return NULL;
+    if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || out.len < n * 2 * 4 ||
+        out.itemsize != 4) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "Kernel.predict: bad n, bit or output buffer");
+        return NULL;
+    }
+    uint32_t *tab = out.buf;
+    int rc = predict_core(k, n, (int)bit, k->scratch);
+    for (i64 i = 0; i < n; i++) {
+        tab[i * 2 + 1] = (uint32_t)k->scratch[i];
+        tab[i * 2] = (uint32_t)(65536 - k->scratch[i]);
+    }
+    PyBuffer_Release(&out);
+    if (rc) return bad_state();
     Py_RETURN_NONE;
+}
+
+static PyObject *Kernel_update(Kernel *k, PyObject *args) {
+    Py_ssize_t n, bit, step;
+    Py_buffer yb;
+    if (!PyArg_ParseTuple(args, "y*nnn", &yb, &n, &bit, &step)) return NULL;
+    if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || yb.itemsize != 8 || yb.len < n * 8) {
+        PyBuffer_Release(&yb);
+        PyErr_SetString(PyExc_ValueError, "Kernel.update: bad n, bit or symbols");
+        return NULL;
+    }
+    const i64 *y = yb.buf;
+    for (i64 i = 0; i < n; i++)
+        if (y[i] != 0 && y[i] != 1) {
+            PyBuffer_Release(&yb);
+            PyErr_Format(PyExc_ValueError, "Kernel.update: symbols must be bits, got %lld",
+                         (long long)y[i]);
+            return NULL;
+        }
+    update_core(k, y, n, (int)bit, step);
+    PyBuffer_Release(&yb);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ whole-frame loops
+ *
+ * Why: with predict and update compiled, the Python loop around them (one predict, one
+ * update and the coder's numpy step per bit) became the cost: ~70 us per step, whatever
+ * the number of streams. These loops run steps t0..t1 of a frame in C, with the binary
+ * rANS step of coder/rans.py (freq_bits = 16) fused in; the Python loop stays the
+ * reference and tests compare archives bit for bit.
+ *
+ * grid: (B, T) uint8, row r = the bits of lockstep stream r; active: (T,) int64, the
+ * streams active at each step (non-increasing; changes only at byte boundaries, checked
+ * by the caller); the frame starts at step 0 right after begin(B). */
+
+#define RANS_L ((i64)1 << 16)
+
+typedef struct {
+    Py_buffer grid, active;
+    i64 T, t0, t1;
+} Run;
+
+static int run_open(Kernel *k, Run *r, PyObject *grid, PyObject *active, Py_ssize_t T,
+                    Py_ssize_t t0, Py_ssize_t t1, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    r->grid.obj = r->active.obj = NULL;
+    if (PyObject_GetBuffer(grid, &r->grid, flags) < 0) return -1;
+    if (PyObject_GetBuffer(active, &r->active, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&r->grid);
+        return -1;
+    }
+    r->T = T, r->t0 = t0, r->t1 = t1;
+    i64 b = k->prm[P_B];
+    if (r->grid.itemsize != 1 || r->active.itemsize != 8 || T < 0 || t0 < 0 || t1 < t0 ||
+        t1 > T || r->grid.len < b * T || r->active.len < T * 8) {
+        PyErr_SetString(PyExc_ValueError, "Kernel run: bad grid, active counts or step range");
+        return -1;
+    }
+    const i64 *act = r->active.buf;
+    for (i64 t = t0; t < t1; t++)
+        if (act[t] < 0 || act[t] > b) {
+            PyErr_SetString(PyExc_ValueError, "Kernel run: active count out of range");
+            return -1;
+        }
+    return 0;
+}
+
+static void run_close(Run *r) {
+    if (r->grid.obj) PyBuffer_Release(&r->grid);
+    if (r->active.obj) PyBuffer_Release(&r->active);
+}
+
+/* Gather step t's bits of streams 0..n-1 into k->y; -1 if one is not a bit. */
+static int gather_bits(Kernel *k, const uint8_t *grid, i64 T, i64 t, i64 n) {
+    for (i64 i = 0; i < n; i++) {
+        i64 y = grid[i * T + t];
+        if (y > 1) return -1;
+        k->y[i] = y;
+    }
+    return 0;
+}
+
+static PyObject *Kernel_encode_run(Kernel *k, PyObject *args) {
+    PyObject *grid, *active;
+    Py_ssize_t T, t0, t1;
+    Py_buffer p16;
+    if (!PyArg_ParseTuple(args, "OOw*nnn", &grid, &active, &p16, &T, &t0, &t1)) return NULL;
+    Run r;
+    PyObject *ret = NULL;
+    i64 b = k->prm[P_B];
+    if (run_open(k, &r, grid, active, T, t0, t1, 0) < 0) goto done;
+    if (p16.itemsize != 2 || p16.len < T * b * 2) {
+        PyErr_SetString(PyExc_ValueError, "Kernel.encode_run: p16 must be (T, B) uint16");
+        goto done;
+    }
+    const uint8_t *g = r.grid.buf;
+    const i64 *act = r.active.buf;
+    uint16_t *out = p16.buf;
+    for (i64 t = t0; t < t1; t++) {
+        i64 n = act[t];
+        if (predict_core(k, n, (int)(t & 7), k->scratch)) {
+            bad_state();
+            goto done;
+        }
+        for (i64 i = 0; i < n; i++) out[t * b + i] = (uint16_t)k->scratch[i];
+        if (gather_bits(k, g, T, t, n)) {
+            PyErr_SetString(PyExc_ValueError, "Kernel.encode_run: symbols must be bits");
+            goto done;
+        }
+        update_core(k, k->y, n, (int)(t & 7), t >> 3);
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    run_close(&r);
+    PyBuffer_Release(&p16);
+    return ret;
+}
+
+static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
+    PyObject *grid, *active;
+    Py_ssize_t T, t0, t1;
+    Py_buffer mact, rows, xs, cursor, limit, words;
+    if (!PyArg_ParseTuple(args, "OOy*y*w*w*y*y*nnn", &grid, &active, &mact, &rows, &xs,
+                          &cursor, &limit, &words, &T, &t0, &t1))
+        return NULL;
+    Run r;
+    PyObject *ret = NULL;
+    i64 nk = rows.len / 8, nw = words.len / 2;
+    if (run_open(k, &r, grid, active, T, t0, t1, 1) < 0) goto done;
+    if (mact.itemsize != 8 || mact.len < T * 8 || rows.itemsize != 8 || xs.itemsize != 8 ||
+        cursor.itemsize != 8 || limit.itemsize != 8 || words.itemsize != 2 ||
+        xs.len / 8 < nk || cursor.len / 8 < nk || limit.len / 8 < nk) {
+        PyErr_SetString(PyExc_ValueError, "Kernel.decode_run: bad coder arrays");
+        goto done;
+    }
+    const i64 *act = r.active.buf, *ma = mact.buf, *row = rows.buf, *lim = limit.buf;
+    i64 *x = xs.buf, *cur = cursor.buf;
+    const uint16_t *w = words.buf;
+    uint8_t *g = r.grid.buf;
+    for (i64 j = 0; j < nk; j++)
+        if (lim[j] < 0 || lim[j] >= nw || row[j] < 0 || row[j] >= k->prm[P_B]) {
+            PyErr_SetString(PyExc_ValueError, "Kernel.decode_run: coder limits or rows out of range");
+            goto done;
+        }
+    for (i64 t = t0; t < t1; t++) {
+        i64 n = act[t], m = ma[t];
+        if (predict_core(k, n, (int)(t & 7), k->scratch)) {
+            bad_state();
+            goto done;
+        }
+        if (m < 0 || m > nk || (m && row[m - 1] >= n)) {
+            PyErr_SetString(PyExc_ValueError, "Kernel.decode_run: model streams not active");
+            goto done;
+        }
+        /* The binary rANS decode step of StreamDecoder.decode (M = 2**16). */
+        for (i64 j = 0; j < m; j++) {
+            i64 p = k->scratch[row[j]], f0 = 65536 - p, xv = x[j];
+            i64 slot = xv & 0xFFFF;
+            i64 sym = slot >= f0;
+            i64 xn = (sym ? p : f0) * (xv >> 16) + slot - (sym ? f0 : 0);
+            if (xn < RANS_L) {
+                i64 c = cur[j] < lim[j] ? cur[j] : lim[j];
+                xn = (xn << 16) | w[c];
+                cur[j] += 1;
+            }
+            x[j] = xn;
+            g[row[j] * T + t] = (uint8_t)sym;
+        }
+        if (gather_bits(k, g, T, t, n)) {
+            PyErr_SetString(PyExc_ValueError, "Kernel.decode_run: symbols must be bits");
+            goto done;
+        }
+        update_core(k, k->y, n, (int)(t & 7), t >> 3);
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    run_close(&r);
+    PyBuffer_Release(&mact);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&xs);
+    PyBuffer_Release(&cursor);
+    PyBuffer_Release(&limit);
+    PyBuffer_Release(&words);
+    return ret;
+}
+
+/* encode_binary(p16, grid, lengths, T): the payloads of coder/rans.py's encode_streams for
+ * binary tables [65536 - p16, p16] (freq_bits = 16), one bytes object per grid row. */
+static PyObject *encode_binary(PyObject *mod, PyObject *args) {
+    Py_buffer p16, grid, lengths;
+    Py_ssize_t T;
+    if (!PyArg_ParseTuple(args, "y*y*y*n", &p16, &grid, &lengths, &T)) return NULL;
+    PyObject *ret = NULL;
+    uint16_t *buf = NULL;
+    i64 b = lengths.len / 8;
+    if (p16.itemsize != 2 || grid.itemsize != 1 || lengths.itemsize != 8 || T < 0 ||
+        p16.len < T * b * 2 || grid.len < T * b) {
+        PyErr_SetString(PyExc_ValueError, "encode_binary: bad arrays");
+        goto done;
+    }
+    const uint16_t *p = p16.buf;
+    const uint8_t *g = grid.buf;
+    const i64 *len = lengths.buf;
+    for (i64 s = 0; s < b; s++)
+        if (len[s] < 0 || len[s] > T) {
+            PyErr_SetString(PyExc_ValueError, "encode_binary: stream length out of range");
+            goto done;
+        }
+    buf = PyMem_Malloc(2 * (size_t)(T + 2));
+    ret = PyList_New(b);
+    if (!buf || !ret) {
+        Py_CLEAR(ret);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i64 s = 0; s < b; s++) {
+        PyObject *payload;
+        if (len[s] == 0) {
+            payload = PyBytes_FromStringAndSize(NULL, 0);
+        } else {
+            u64 x = (u64)RANS_L;
+            i64 nw = 0; /* words emitted, written backwards from the end of buf */
+            for (i64 t = len[s] - 1; t >= 0; t--) {
+                u64 q = p[t * b + s], y = g[s * T + t];
+                if (y > 1 || q < 1 || q > 65535) {
+                    PyErr_SetString(PyExc_ValueError, "encode_binary: bad bit or probability");
+                    Py_CLEAR(ret);
+                    goto done;
+                }
+                u64 freq = y ? q : 65536 - q, start = y ? 65536 - q : 0;
+                if (x >= freq << 16) {
+                    buf[T + 1 - nw] = (uint16_t)(x & 0xFFFF);
+                    nw++;
+                    x >>= 16;
+                }
+                x = (x / freq) * 65536 + x % freq + start;
+            }
+            payload = PyBytes_FromStringAndSize(NULL, 4 + 2 * nw);
+            if (payload) {
+                uint8_t *o = (uint8_t *)PyBytes_AS_STRING(payload);
+                for (int m = 0; m < 4; m++) o[m] = (uint8_t)(x >> (8 * m));
+                for (i64 m = 0; m < nw; m++) { /* decoding order: increasing t */
+                    uint16_t v = buf[T + 2 - nw + m];
+                    o[4 + 2 * m] = (uint8_t)v;
+                    o[5 + 2 * m] = (uint8_t)(v >> 8);
+                }
+            }
+        }
+        if (!payload) {
+            Py_CLEAR(ret);
+            goto done;
+        }
+        PyList_SET_ITEM(ret, s, payload);
+    }
+done:
+    PyMem_Free(buf);
+    PyBuffer_Release(&p16);
+    PyBuffer_Release(&grid);
+    PyBuffer_Release(&lengths);
+    return ret;
 }
 
 static PyMethodDef Kernel_methods[] = {
@@ -457,6 +721,12 @@ static PyMethodDef Kernel_methods[] = {
     {"update", (PyCFunction)Kernel_update, METH_VARARGS,
      "update(y, n, bit, step): learn the bits y (n,) int64; per-nibble and per-byte work "
      "when the nibble or byte completes (step = position of the byte)."},
+    {"encode_run", (PyCFunction)Kernel_encode_run, METH_VARARGS,
+     "encode_run(grid, active, p16, T, t0, t1): steps t0..t1 of a frame, known bits; "
+     "P(1) of every step into p16 (T, B) uint16."},
+    {"decode_run", (PyCFunction)Kernel_decode_run, METH_VARARGS,
+     "decode_run(grid, active, model_active, rows, x, cursor, limit, words, T, t0, t1): "
+     "steps t0..t1, decoding the bits of grid rows `rows` with binary rANS in place."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -472,9 +742,16 @@ static PyTypeObject KernelType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyMethodDef module_methods[] = {
+    {"encode_binary", encode_binary, METH_VARARGS,
+     "encode_binary(p16, grid, lengths, T): rANS payloads of binary streams (see rans.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_cm_kernel",
-    "Compiled per-bit predict/update of ContextMixPredictor (see _cm_kernel.c).", -1, NULL,
+    "Compiled per-bit predict/update of ContextMixPredictor (see _cm_kernel.c).", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__cm_kernel(void) {

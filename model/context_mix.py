@@ -308,6 +308,12 @@ class ContextMixPredictor(Predictor):
             },
         }
 
+    #: Compiled, a frame runs in C at the same speed whatever B is, and one stream
+    #: compresses best (loghub: 0.426 bpb at B = 1, 0.474 at B = 32). The same on every
+    #: machine, so that an input gives the same archive everywhere, although the numpy
+    #: reference alone (no compiler at install) codes one stream at about 1 KB/s.
+    default_streams = 1
+
     # ------------------------------------------------------------------ symbols
 
     def to_symbols(self, raw: bytes) -> np.ndarray:
@@ -600,6 +606,67 @@ class ContextMixPredictor(Predictor):
         out[:, 1] = p16
         out[:, 0] = 65536 - p16
         return out
+
+    # ----------------------------------------------------- compiled whole frames
+
+    def encode_frame(
+        self, grid: np.ndarray, active: np.ndarray, on_step: Any = None
+    ) -> list[bytes] | None:
+        """The frame's rANS payloads from the C loops (see Predictor.encode_frame)."""
+        if not self.compiled or grid.dtype != np.uint8:
+            return None
+        n_rows, n_steps = grid.shape
+        self.begin(n_rows)
+        grid = np.ascontiguousarray(grid)
+        active = np.ascontiguousarray(active, dtype=np.int64)
+        p16 = np.empty((n_steps, n_rows), dtype=np.uint16)
+        for t0, t1 in self._blocks(n_steps, active, on_step):
+            self._kernel.encode_run(grid, active, p16, n_steps, t0, t1)
+        self._finish_run(n_steps, active)
+        row_lengths = np.searchsorted(-active, -np.arange(n_rows), side="left").astype(np.int64)
+        return list(_cm_kernel.encode_binary(p16, grid, row_lengths, n_steps))
+
+    def decode_frame(
+        self, grid: np.ndarray, active: np.ndarray, model_active: np.ndarray,
+        rows: np.ndarray, decoder: Any, on_step: Any = None,
+    ) -> bool:  # fmt: skip
+        """Decode the frame's model rows with the C loops (see Predictor.decode_frame)."""
+        if not self.compiled or grid.dtype != np.uint8 or decoder.freq_bits != 16:
+            return False
+        n_rows, n_steps = grid.shape
+        self.begin(n_rows)
+        active = np.ascontiguousarray(active, dtype=np.int64)
+        model_active = np.ascontiguousarray(model_active, dtype=np.int64)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        x, cursor, limit, words = decoder.raw_state()
+        for t0, t1 in self._blocks(n_steps, active, on_step):
+            self._kernel.decode_run(
+                grid, active, model_active, rows, x, cursor, limit, words, n_steps, t0, t1
+            )
+        decoder.account(model_active)
+        self._finish_run(n_steps, active)
+        return True
+
+    def _blocks(self, n_steps: int, active: I64, on_step: Any) -> Any:
+        """Step ranges of the C loops (whole bytes), with progress between them; checks
+        that the active prefix only shrinks, and only on byte boundaries."""
+        if active.shape != (n_steps,) or n_steps % 8:
+            raise ValueError("a frame is whole bytes: (T,) active counts with T % 8 == 0")
+        if n_steps and (active[0] > self._b or (np.diff(active) > 0).any()):
+            raise ValueError("active counts must be non-increasing and at most B")
+        if (active.reshape(-1, 8) != active[::8, None]).any():
+            raise ValueError("active counts may only change on byte boundaries")
+        block = 1 << 16
+        for t0 in range(0, n_steps, block):
+            if on_step is not None:
+                on_step(t0, n_steps)
+            yield t0, min(n_steps, t0 + block)
+
+    def _finish_run(self, n_steps: int, active: I64) -> None:
+        """The Python-side counters after a whole frame ran in C."""
+        self._step = n_steps // 8
+        self._bit = 0
+        self._n_prev = int(active[-1]) if n_steps else self._b
 
     def update(self, symbols: np.ndarray) -> None:
         y = np.asarray(symbols, dtype=np.int64)

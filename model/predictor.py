@@ -43,6 +43,9 @@ class Predictor(ABC):
     n_symbols: int
     #: Every table row sums to ``2**freq_bits``.
     freq_bits: int
+    #: Streams per frame when the user does not choose (``--streams``): batched predictors
+    #: need many for speed, sequential ones compress best with one.
+    default_streams: int = 32
 
     @abstractmethod
     def descriptor(self) -> dict[str, Any]:
@@ -72,6 +75,28 @@ class Predictor(ABC):
     @abstractmethod
     def update(self, symbols: np.ndarray) -> None:
         """Learn the true symbols (n_active,) of the step that ``predict`` was called for."""
+
+    # Optional compiled whole-frame paths. The lockstep loop in coder/frames.py is the
+    # reference; a predictor that can run a whole frame faster (in C) overrides these and
+    # must give byte-identical payloads (tests compare both paths).
+
+    def encode_frame(
+        self, grid: np.ndarray, active: np.ndarray, on_step: Any = None
+    ) -> list[bytes] | None:
+        """begin + every step of a frame + rANS: one payload per grid row, or None.
+
+        grid: (B, T) symbols, row r = lockstep stream r; active: (T,) active streams per
+        step; on_step(t, T) is called now and then for progress.
+        """
+        return None
+
+    def decode_frame(
+        self, grid: np.ndarray, active: np.ndarray, model_active: np.ndarray,
+        rows: np.ndarray, decoder: Any, on_step: Any = None,
+    ) -> bool:  # fmt: skip
+        """begin + every step of a frame, decoding grid rows ``rows`` from ``decoder``
+        (a coder.rans.StreamDecoder) in place; False when there is no compiled path."""
+        return False
 
     def to_symbols(self, raw: bytes) -> np.ndarray:
         """The symbols that code ``raw`` (default: one symbol per byte)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import warnings
 from collections.abc import Iterator
 from typing import IO, Any, BinaryIO
 
@@ -23,8 +24,8 @@ from tinyzip.coder.archive import (
 from tinyzip.coder.container import FileHeader
 from tinyzip.coder.frames import FramePolicy
 
-#: Default most streams per frame (FramePolicy.max_streams): speed vs ratio.
-DEFAULT_STREAMS = FramePolicy.max_streams
+#: Default most streams per frame: None lets the model choose (Predictor.default_streams).
+DEFAULT_STREAMS: int | None = None
 from tinyzip.errors import UsageError
 from tinyzip.models import ModelSpec, choose_model, resolver
 
@@ -36,12 +37,20 @@ def _writer(
     dst: BinaryIO,
     model: ModelSpec,
     *,
-    streams: int,
+    streams: int | None,
     frame_size: int,
     original_size: int | None,
     on_progress: ProgressCallback | None = None,
 ) -> ArchiveWriter:
     choice = choose_model(model)
+    if streams is None and getattr(choice.predictor, "compiled", True) is False:
+        warnings.warn(
+            "tinyzip: the compiled cm kernel is missing (no C compiler at install?), so one "
+            "stream codes at about 1 KB/s; reinstall with a compiler, or pass streams=32 "
+            "(--streams 32) for about 30 KB/s",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     try:
         policy = FramePolicy(max_streams=streams)
     except ValueError as exc:
@@ -62,13 +71,14 @@ def compress(
     data: bytes,
     model: ModelSpec = None,
     *,
-    streams: int = DEFAULT_STREAMS,
+    streams: int | None = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
 ) -> bytes:
     """Compress ``data`` into a .tzp archive held in memory.
 
     ``model``: None (the shipped default), "cm", "zstd", a checkpoint name or path.
-    ``streams``: most chunks per frame coded side by side (speed vs ratio).
+    ``streams``: most chunks per frame coded side by side (speed vs ratio); None: the
+    model's own default (1 for cm, whose compiled loop needs no batching).
     """
     out = io.BytesIO()
     writer = _writer(
@@ -90,7 +100,7 @@ def compress_stream(
     dst: BinaryIO,
     model: ModelSpec = None,
     *,
-    streams: int = DEFAULT_STREAMS,
+    streams: int | None = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
     original_size: int | None = None,
     on_progress: ProgressCallback | None = None,
@@ -139,7 +149,7 @@ class TinyzipFile(io.BufferedIOBase):
         mode: str = "rb",
         *,
         model: ModelSpec = None,
-        streams: int = DEFAULT_STREAMS,
+        streams: int | None = DEFAULT_STREAMS,
         frame_size: int = DEFAULT_FRAME_SIZE,
     ) -> None:
         mode = mode.replace("b", "")
@@ -235,7 +245,7 @@ def open(  # noqa: A001 - mirrors lzma.open / gzip.open
     mode: str = "rb",
     *,
     model: ModelSpec = None,
-    streams: int = DEFAULT_STREAMS,
+    streams: int | None = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
 ) -> TinyzipFile:
     """Open a .tzp archive as a binary file object (text mode is not supported)."""

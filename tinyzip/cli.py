@@ -96,11 +96,12 @@ def _build_parser(action: str | None) -> argparse.ArgumentParser:
                         help="model: a .tzm path, a shipped model name, 'cm' (built-in adaptive "
                         "model) or 'zstd' (no model); default: the shipped default model, else cm. "
                         "When decompressing, where to find the archive's checkpoint if not shipped")
-    parser.add_argument("--streams", type=int, default=32, metavar="B",
-                        help="most chunks coded side by side per frame (default 32): more is "
-                        "faster, fewer compresses better")
+    parser.add_argument("--streams", type=int, default=None, metavar="B",
+                        help="most chunks coded side by side per frame (default: the model's "
+                        "choice, 1 for cm and 32 for transformer checkpoints): fewer compresses "
+                        "better, more is faster for batched models")
     parser.add_argument("--frame-size", type=_size, default=None, metavar="BYTES",
-                        help="raw bytes per frame, e.g. 1M (default 1M; bounds memory)")
+                        help="raw bytes per frame, e.g. 1M (default 512K; bounds memory)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summaries or progress")
     parser.add_argument("-v", "--verbose", action="store_true", help="a summary line per file")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
