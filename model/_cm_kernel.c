@@ -51,7 +51,18 @@ typedef uint64_t u64;
 #define H3 0x165667B19E3779F9ULL
 
 /* Context kinds (the `kinds` parameter): 0..6 order-k, then the log-structure ones. */
-enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10 };
+enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
+       K_LINEPOS = 13, K_SHAPE = 14, K_LAST = K_SHAPE };
+
+/* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
+ * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
+static uint8_t BYTECLASS[256];
+static void init_byteclass(void) {
+    for (int c = 0; c < 256; c++)
+        BYTECLASS[c] = c >= '0' && c <= '9' ? 0 : c >= 'A' && c <= 'Z' ? 1
+                     : c >= 'a' && c <= 'z' ? 2 : c == ' ' ? 3 : c == '\n' ? 4
+                     : c > 32 && c < 127 ? 5 : c < 128 ? 6 : 7;
+}
 
 static inline i64 asr(i64 v, int s) { return v >> s; } /* arithmetic on gcc/clang */
 static inline i64 shl(i64 v, int s) { return (i64)((u64)v << s); }
@@ -126,7 +137,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     }
     i64 b = self->prm[P_B], nc = self->prm[P_NC], ni = self->prm[P_NI];
     i64 ncols = self->prm[P_NCOLS], cw = self->prm[P_CW];
-    if (b < 0 || b > 65536 || nc < 1 || nc > 11 || ni != nc + 2 || cw != nc + 5 ||
+    if (b < 0 || b > 65536 || nc < 1 || nc > K_LAST + 1 || ni != nc + 2 || cw != nc + 5 ||
         ncols != cw + 2 * ni || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
@@ -176,7 +187,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kinds = V(A_KINDS);
 #undef V
     for (i64 j = 0; j < nc; j++)
-        if (self->kinds[j] < 0 || self->kinds[j] > K_FIELD) {
+        if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
         }
@@ -229,6 +240,15 @@ static void byte_contexts(Kernel *k, i64 i) {
         case K_BIGRAM: v = (wordh + k->pword[i] * H3 + c1) * H1; break;
         case K_COLUMN: v = ((u64)k->above[i] << 8) | c1; break;
         case K_FIELD: v = wordh * H3 + (u64)k->field[i]; break;
+        case K_SPARSE: v = (h8 >> 8) & 0xFFFF; break;
+        case K_O8: v = h8; break;
+        case K_LINEPOS: v = ((u64)(k->col[i] < 255 ? k->col[i] : 255) << 8) | c1; break;
+        case K_SHAPE: {
+            u64 sig = 0;
+            for (int m = 0; m < 8; m++) sig = (sig << 3) | BYTECLASS[(h8 >> (8 * m)) & 0xFF];
+            v = (sig << 8) | c1;
+            break;
+        }
         default: v = kind == 0 ? 0 : h8 & (((u64)1 << (8 * kind)) - 1); break;
         }
         k->ctxv[i * nc + j] = v;
@@ -755,6 +775,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__cm_kernel(void) {
+    init_byteclass();
     if (PyType_Ready(&KernelType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -51,9 +51,15 @@ VERSION = 1
 #: o0..o6: the last k bytes; word: hash of the current alphanumeric word (and the byte
 #: before it); bigram: the previous word with the current one; column: the byte above in
 #: the previous line with the last byte; field: the space-separated field index of the
-#: line with the current word.
+#: line with the current word; sparse: the 2nd and 3rd last bytes; o8: the last 8 bytes;
+#: linepos: the position in the line with the last byte; shape: the classes (digit,
+#: letter, space, ...) of the last 8 bytes with the last byte. Names are only ever
+#: appended: an archive lists its contexts, so older archives keep decoding.
+#: On loghub (one stream, each file alone): level 3 without linepos and shape 0.4263 bpb,
+#: + sparse 0.4252, + o8 0.4260, + linepos 0.4115, + shape 0.4142, + both 0.4053.
 CONTEXT_NAMES = (
-    "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field"
+    "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
+    "sparse", "o8", "linepos", "shape",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -62,8 +68,11 @@ CONTEXT_NAMES = (
 LEVELS: dict[int, tuple[str, ...]] = {
     1: ("o1", "o2", "o3", "o4"),
     2: ("o0", "o1", "o2", "o3", "o4", "o6"),
-    3: ("o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field"),
-}
+    3: (
+        "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
+        "linepos", "shape",
+    ),
+}  # fmt: skip
 DEFAULT_LEVEL = 3
 
 # Bounds for parameters read from an archive header: a hostile header must not make the
@@ -151,6 +160,16 @@ _WORD = np.zeros(256, dtype=bool)
 for _c in range(256):
     _WORD[_c] = chr(_c).isalnum() if _c < 128 else True
 WORD_BYTE = _WORD
+
+# Byte classes of the "shape" context: digit 0, upper 1, lower 2, space 3, newline 4,
+# other printable ASCII 5, control 6, >= 128 7 (the C kernel builds the same table).
+BYTE_CLASS = np.array(
+    [0 if chr(c).isdigit() and c < 128 else 1 if 65 <= c <= 90 else 2 if 97 <= c <= 122
+     else 3 if c == 32 else 4 if c == 10 else 5 if 32 < c < 127 else 6 if c < 128 else 7
+     for c in range(256)], dtype=np.int64,
+)  # fmt: skip
+_SHIFTS8 = np.arange(0, 64, 8, dtype=np.uint64)  # byte m of h8 (m = 0 newest)
+_CLASS_SHIFTS = np.arange(21, -1, -3, dtype=np.uint64)  # byte m's class at bits 21 - 3m
 
 APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
 
@@ -393,7 +412,7 @@ class ContextMixPredictor(Predictor):
     def _bind_kernel(self) -> Any:
         """The C kernel, bound to this frame's arrays (begin and reset make new ones)."""
         kinds = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o5": 5, "o6": 6}
-        kinds.update(word=7, bigram=8, column=9, field=10)
+        kinds.update(word=7, bigram=8, column=9, field=10, sparse=11, o8=12, linepos=13, shape=14)
         arrays = (
             self._t, self._c0, self._c0n, self._h8, self._wordh, self._pword, self._col,
             self._field, self._line, self._pline, self._above, self._hist, self._mtab,
@@ -431,8 +450,18 @@ class ContextMixPredictor(Predictor):
             elif c == "column":
                 v = (self._above[:n].astype(np.uint64) << _u64(8)) | c1
 
-            else:  # field
+            elif c == "field":
                 v = self._wordh[:n] * _u64(_H3) + self._field[:n].astype(np.uint64)
+            elif c == "sparse":  # the 2nd and 3rd last bytes
+                v = (h8 >> _u64(8)) & _u64(0xFFFF)
+            elif c == "o8":
+                v = h8.copy()
+            elif c == "linepos":  # position in the line with the last byte
+                v = (np.minimum(self._col[:n], 255).astype(np.uint64) << _u64(8)) | c1
+            else:  # shape: the classes of the last 8 bytes with the last byte
+                cls = BYTE_CLASS[((h8[:, None] >> _SHIFTS8) & _u64(0xFF)).astype(np.int64)]
+                sig = (cls.astype(np.uint64) << _CLASS_SHIFTS).sum(axis=1, dtype=np.uint64)
+                v = (sig << _u64(8)) | c1
             self._ctx_vals[:n, j] = v
         self._nibble_slots(n, np.zeros(n, dtype=np.int64))
         # Match model: counter slot per bit (length bucket, expected bit, bit position),
