@@ -79,7 +79,8 @@ DEFAULT_LEVEL = 3
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use about 2**24.2 (o2..o6, word, bigram, column, field at 2**21 counters each).
+# use about 2**23.6 (o2..o6, word, bigram, column, field, linepos, shape at 2**20 counters
+# each: 101 MiB).
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -190,7 +191,7 @@ class ContextMixPredictor(Predictor):
         *,
         level: int | str | None = None,
         contexts: tuple[str, ...] | list[str] | None = None,
-        table_bits: int = 21,
+        table_bits: int = 20,
         history_bits: int = 22,
         match_hash_bits: int = 20,
         match_min: int = 6,
