@@ -52,7 +52,7 @@ typedef uint64_t u64;
 
 /* Context kinds (the `kinds` parameter): 0..6 order-k, then the log-structure ones. */
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
-       K_LINEPOS = 13, K_SHAPE = 14, K_LAST = K_SHAPE };
+       K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_LAST = K_SHAPEFIELD };
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -247,6 +247,13 @@ static void byte_contexts(Kernel *k, i64 i) {
             u64 sig = 0;
             for (int m = 0; m < 8; m++) sig = (sig << 3) | BYTECLASS[(h8 >> (8 * m)) & 0xFF];
             v = (sig << 8) | c1;
+            break;
+        }
+        case K_ABOVE2: v = ((u64)k->above[i] << 16) | (h8 & 0xFFFF); break;
+        case K_SHAPEFIELD: {
+            u64 sig = 0;
+            for (int m = 0; m < 4; m++) sig = (sig << 3) | BYTECLASS[(h8 >> (8 * m)) & 0xFF];
+            v = (((sig << 6) | (u64)k->field[i]) << 8) | c1;
             break;
         }
         default: v = kind == 0 ? 0 : h8 & (((u64)1 << (8 * kind)) - 1); break;

@@ -53,13 +53,16 @@ VERSION = 1
 #: the previous line with the last byte; field: the space-separated field index of the
 #: line with the current word; sparse: the 2nd and 3rd last bytes; o8: the last 8 bytes;
 #: linepos: the position in the line with the last byte; shape: the classes (digit,
-#: letter, space, ...) of the last 8 bytes with the last byte. Names are only ever
-#: appended: an archive lists its contexts, so older archives keep decoding.
-#: On loghub (one stream, each file alone): level 3 without linepos and shape 0.4263 bpb,
-#: + sparse 0.4252, + o8 0.4260, + linepos 0.4115, + shape 0.4142, + both 0.4053.
+#: letter, space, ...) of the last 8 bytes with the last byte; above2: the byte above with
+#: the last two bytes; shapefield: the classes of the last 4 bytes with the field index
+#: and the last byte. Names are only ever appended: an archive lists its contexts, so
+#: older archives keep decoding. On loghub (one stream, each file alone, 2**21 tables):
+#: the first eleven 0.4263 bpb, + sparse 0.4252, + o8 0.4260, + linepos 0.4115, + shape
+#: 0.4142, + both 0.4053; then with 2**20 tables 0.4078, + above2 0.4050, + shapefield
+#: 0.4053, + both 0.4028 (a column-with-word context: no gain).
 CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
-    "sparse", "o8", "linepos", "shape",
+    "sparse", "o8", "linepos", "shape", "above2", "shapefield",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -70,7 +73,7 @@ LEVELS: dict[int, tuple[str, ...]] = {
     2: ("o0", "o1", "o2", "o3", "o4", "o6"),
     3: (
         "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
-        "linepos", "shape",
+        "linepos", "shape", "above2", "shapefield",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -79,8 +82,7 @@ DEFAULT_LEVEL = 3
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use about 2**23.6 (o2..o6, word, bigram, column, field, linepos, shape at 2**20 counters
-# each: 101 MiB).
+# use about 2**23.8 (the 13 hashed contexts of level 3 at 2**20 counters each: 117 MiB).
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -170,7 +172,13 @@ BYTE_CLASS = np.array(
      for c in range(256)], dtype=np.int64,
 )  # fmt: skip
 _SHIFTS8 = np.arange(0, 64, 8, dtype=np.uint64)  # byte m of h8 (m = 0 newest)
-_CLASS_SHIFTS = np.arange(21, -1, -3, dtype=np.uint64)  # byte m's class at bits 21 - 3m
+
+
+def _shape(h8: U64, k: int) -> U64:
+    """The classes of the last k bytes, 3 bits each, the newest in the highest bits."""
+    cls = BYTE_CLASS[((h8[:, None] >> _SHIFTS8[:k]) & _u64(0xFF)).astype(np.int64)]
+    shifts = np.arange(3 * (k - 1), -1, -3, dtype=np.uint64)
+    return (cls.astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
 
 APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
 
@@ -413,7 +421,8 @@ class ContextMixPredictor(Predictor):
     def _bind_kernel(self) -> Any:
         """The C kernel, bound to this frame's arrays (begin and reset make new ones)."""
         kinds = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o5": 5, "o6": 6}
-        kinds.update(word=7, bigram=8, column=9, field=10, sparse=11, o8=12, linepos=13, shape=14)
+        kinds.update(word=7, bigram=8, column=9, field=10, sparse=11, o8=12, linepos=13, shape=14,
+                     above2=15, shapefield=16)
         arrays = (
             self._t, self._c0, self._c0n, self._h8, self._wordh, self._pword, self._col,
             self._field, self._line, self._pline, self._above, self._hist, self._mtab,
@@ -459,10 +468,13 @@ class ContextMixPredictor(Predictor):
                 v = h8.copy()
             elif c == "linepos":  # position in the line with the last byte
                 v = (np.minimum(self._col[:n], 255).astype(np.uint64) << _u64(8)) | c1
-            else:  # shape: the classes of the last 8 bytes with the last byte
-                cls = BYTE_CLASS[((h8[:, None] >> _SHIFTS8) & _u64(0xFF)).astype(np.int64)]
-                sig = (cls.astype(np.uint64) << _CLASS_SHIFTS).sum(axis=1, dtype=np.uint64)
-                v = (sig << _u64(8)) | c1
+            elif c == "shape":  # the classes of the last 8 bytes with the last byte
+                v = (_shape(h8, 8) << _u64(8)) | c1
+            elif c == "above2":  # the byte above with the last two bytes
+                v = (self._above[:n].astype(np.uint64) << _u64(16)) | (h8 & _u64(0xFFFF))
+            else:  # shapefield: the classes of the last 4 bytes, the field index, the last byte
+                f = self._field[:n].astype(np.uint64)
+                v = (((_shape(h8, 4) << _u64(6)) | f) << _u64(8)) | c1
             self._ctx_vals[:n, j] = v
         self._nibble_slots(n, np.zeros(n, dtype=np.int64))
         # Match model: counter slot per bit (length bucket, expected bit, bit position),
