@@ -159,9 +159,9 @@ class FrameEncoder:
         grid = np.zeros((len(streams), n_steps), dtype=_symbol_dtype(predictor))  # (B, T)
         for row, idx in enumerate(order):
             grid[row, : lengths[row]] = symbols[idx]
-        active = _active_counts(lengths, n_steps)
-        coded_sorted = predictor.encode_frame(grid, active, on_step)  # compiled, when it has one
+        coded_sorted = predictor.encode_frame(grid, lengths, on_step)  # compiled, when it has one
         if coded_sorted is None:
+            active = _active_counts(lengths, n_steps)
             coded_sorted = self._lockstep_payloads(grid, active, lengths, on_step)
         coded = [b""] * len(streams)
         for row, idx in enumerate(order):
@@ -261,11 +261,10 @@ class FrameDecoder:
         decoder = StreamDecoder(
             [payloads[order[r]] for r in model_rows], freq_bits=predictor.freq_bits
         )
-        active = _active_counts(lengths, n_steps)
-        model_active = _active_counts(model_lengths, n_steps)
-
-        if not predictor.decode_frame(grid, active, model_active, rows, decoder, on_step):
+        if not predictor.decode_frame(grid, lengths, rows, decoder, on_step):
             # The reference loop (a compiled decode_frame gives the same symbols).
+            active = _active_counts(lengths, n_steps)
+            model_active = _active_counts(model_lengths, n_steps)
             predictor.begin(len(order))
             for t in range(n_steps):
                 n = int(active[t])

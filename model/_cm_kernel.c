@@ -509,8 +509,8 @@ static PyObject *Kernel_update(Kernel *k, PyObject *args) {
  * rANS step of coder/rans.py (freq_bits = 16) fused in; the Python loop stays the
  * reference and tests compare archives bit for bit.
  *
- * grid: (B, T) uint8, row r = the bits of lockstep stream r; active: (T,) int64, the
- * streams active at each step (non-increasing; changes only at byte boundaries, checked
+ * grid: (B, T) uint8, row r = the bits of lockstep stream r; active: (t1 - t0,) int64,
+ * the streams active at steps t0..t1 (non-increasing; changes only at byte boundaries, checked
  * by the caller); the frame starts at step 0 right after begin(B). */
 
 #define RANS_L ((i64)1 << 16)
@@ -532,12 +532,12 @@ static int run_open(Kernel *k, Run *r, PyObject *grid, PyObject *active, Py_ssiz
     r->T = T, r->t0 = t0, r->t1 = t1;
     i64 b = k->prm[P_B];
     if (r->grid.itemsize != 1 || r->active.itemsize != 8 || T < 0 || t0 < 0 || t1 < t0 ||
-        t1 > T || r->grid.len < b * T || r->active.len < T * 8) {
+        t1 > T || r->grid.len < b * T || r->active.len < (t1 - t0) * 8) {
         PyErr_SetString(PyExc_ValueError, "Kernel run: bad grid, active counts or step range");
         return -1;
     }
     const i64 *act = r->active.buf;
-    for (i64 t = t0; t < t1; t++)
+    for (i64 t = 0; t < t1 - t0; t++)
         if (act[t] < 0 || act[t] > b) {
             PyErr_SetString(PyExc_ValueError, "Kernel run: active count out of range");
             return -1;
@@ -574,10 +574,10 @@ static PyObject *Kernel_encode_run(Kernel *k, PyObject *args) {
         goto done;
     }
     const uint8_t *g = r.grid.buf;
-    const i64 *act = r.active.buf;
+    const i64 *act = r.active.buf; /* act[t - t0]: steps t0..t1 */
     uint16_t *out = p16.buf;
     for (i64 t = t0; t < t1; t++) {
-        i64 n = act[t];
+        i64 n = act[t - t0];
         if (predict_core(k, n, (int)(t & 7), k->scratch)) {
             bad_state();
             goto done;
@@ -608,13 +608,15 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
     PyObject *ret = NULL;
     i64 nk = rows.len / 8, nw = words.len / 2;
     if (run_open(k, &r, grid, active, T, t0, t1, 1) < 0) goto done;
-    if (mact.itemsize != 8 || mact.len < T * 8 || rows.itemsize != 8 || xs.itemsize != 8 ||
+    if (mact.itemsize != 8 || mact.len < (t1 - t0) * 8 || rows.itemsize != 8 || xs.itemsize != 8 ||
         cursor.itemsize != 8 || limit.itemsize != 8 || words.itemsize != 2 ||
         xs.len / 8 < nk || cursor.len / 8 < nk || limit.len / 8 < nk) {
         PyErr_SetString(PyExc_ValueError, "Kernel.decode_run: bad coder arrays");
         goto done;
     }
-    const i64 *act = r.active.buf, *ma = mact.buf, *row = rows.buf, *lim = limit.buf;
+    /* act[t - t0], ma[t - t0]: steps t0..t1 */
+    const i64 *act = r.active.buf, *ma = mact.buf;
+    const i64 *row = rows.buf, *lim = limit.buf;
     i64 *x = xs.buf, *cur = cursor.buf;
     const uint16_t *w = words.buf;
     uint8_t *g = r.grid.buf;
@@ -624,7 +626,7 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
             goto done;
         }
     for (i64 t = t0; t < t1; t++) {
-        i64 n = act[t], m = ma[t];
+        i64 n = act[t - t0], m = ma[t - t0];
         if (predict_core(k, n, (int)(t & 7), k->scratch)) {
             bad_state();
             goto done;
@@ -749,10 +751,12 @@ static PyMethodDef Kernel_methods[] = {
      "update(y, n, bit, step): learn the bits y (n,) int64; per-nibble and per-byte work "
      "when the nibble or byte completes (step = position of the byte)."},
     {"encode_run", (PyCFunction)Kernel_encode_run, METH_VARARGS,
-     "encode_run(grid, active, p16, T, t0, t1): steps t0..t1 of a frame, known bits; "
+     "encode_run(grid, active, p16, T, t0, t1): steps t0..t1 of a frame (active: their "
+     "active counts), known bits; "
      "P(1) of every step into p16 (T, B) uint16."},
     {"decode_run", (PyCFunction)Kernel_decode_run, METH_VARARGS,
      "decode_run(grid, active, model_active, rows, x, cursor, limit, words, T, t0, t1): "
+     "(active, model_active: counts of steps t0..t1) "
      "steps t0..t1, decoding the bits of grid rows `rows` with binary rANS in place."},
     {NULL, NULL, 0, NULL},
 };

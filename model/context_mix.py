@@ -345,7 +345,8 @@ class ContextMixPredictor(Predictor):
     # ------------------------------------------------------------------ symbols
 
     def to_symbols(self, raw: bytes) -> np.ndarray:
-        return np.unpackbits(np.frombuffer(raw, dtype=np.uint8)).astype(np.int64)
+        # uint8: a 512 KiB frame is 4 Mi bits, 32 MiB as int64 (it set the peak memory).
+        return np.unpackbits(np.frombuffer(raw, dtype=np.uint8))
 
     def from_symbols(self, symbols: np.ndarray) -> bytes:
         bits = np.asarray(symbols)
@@ -652,63 +653,67 @@ class ContextMixPredictor(Predictor):
     # ----------------------------------------------------- compiled whole frames
 
     def encode_frame(
-        self, grid: np.ndarray, active: np.ndarray, on_step: Any = None
+        self, grid: np.ndarray, lengths: np.ndarray, on_step: Any = None
     ) -> list[bytes] | None:
         """The frame's rANS payloads from the C loops (see Predictor.encode_frame)."""
         if not self.compiled or grid.dtype != np.uint8:
             return None
         n_rows, n_steps = grid.shape
+        lengths = self._check_lengths(lengths, n_rows, n_steps)
         self.begin(n_rows)
         grid = np.ascontiguousarray(grid)
-        active = np.ascontiguousarray(active, dtype=np.int64)
         p16 = np.empty((n_steps, n_rows), dtype=np.uint16)
-        for t0, t1 in self._blocks(n_steps, active, on_step):
+        for t0, t1, active in self._blocks(n_steps, lengths, on_step):
             self._kernel.encode_run(grid, active, p16, n_steps, t0, t1)
-        self._finish_run(n_steps, active)
-        row_lengths = np.searchsorted(-active, -np.arange(n_rows), side="left").astype(np.int64)
-        return list(_cm_kernel.encode_binary(p16, grid, row_lengths, n_steps))
+        self._finish_run(n_steps, lengths)
+        return list(_cm_kernel.encode_binary(p16, grid, lengths, n_steps))
 
     def decode_frame(
-        self, grid: np.ndarray, active: np.ndarray, model_active: np.ndarray,
-        rows: np.ndarray, decoder: Any, on_step: Any = None,
+        self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,
+        on_step: Any = None,
     ) -> bool:  # fmt: skip
         """Decode the frame's model rows with the C loops (see Predictor.decode_frame)."""
         if not self.compiled or grid.dtype != np.uint8 or decoder.freq_bits != 16:
             return False
         n_rows, n_steps = grid.shape
-        self.begin(n_rows)
-        active = np.ascontiguousarray(active, dtype=np.int64)
-        model_active = np.ascontiguousarray(model_active, dtype=np.int64)
+        lengths = self._check_lengths(lengths, n_rows, n_steps)
         rows = np.ascontiguousarray(rows, dtype=np.int64)
+        self.begin(n_rows)
+        model_lengths = lengths[rows]
         x, cursor, limit, words = decoder.raw_state()
-        for t0, t1 in self._blocks(n_steps, active, on_step):
+        for t0, t1, active in self._blocks(n_steps, lengths, on_step):
+            model_active = _active_in(model_lengths, t0, t1)
             self._kernel.decode_run(
                 grid, active, model_active, rows, x, cursor, limit, words, n_steps, t0, t1
             )
-        decoder.account(model_active)
-        self._finish_run(n_steps, active)
+            decoder.account(model_active)
+        self._finish_run(n_steps, lengths)
         return True
 
-    def _blocks(self, n_steps: int, active: I64, on_step: Any) -> Any:
-        """Step ranges of the C loops (whole bytes), with progress between them; checks
-        that the active prefix only shrinks, and only on byte boundaries."""
-        if active.shape != (n_steps,) or n_steps % 8:
-            raise ValueError("a frame is whole bytes: (T,) active counts with T % 8 == 0")
-        if n_steps and (active[0] > self._b or (np.diff(active) > 0).any()):
-            raise ValueError("active counts must be non-increasing and at most B")
-        if (active.reshape(-1, 8) != active[::8, None]).any():
-            raise ValueError("active counts may only change on byte boundaries")
+    @staticmethod
+    def _check_lengths(lengths: np.ndarray, n_rows: int, n_steps: int) -> I64:
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        if lengths.shape != (n_rows,) or (n_rows and (lengths.max() > n_steps or lengths.min() < 0)):
+            raise ValueError("lengths must give each grid row's symbol count")
+        if (np.diff(lengths) > 0).any() or (lengths % 8).any():
+            raise ValueError("streams are whole bytes, sorted longest first")
+        return lengths
+
+    def _blocks(self, n_steps: int, lengths: I64, on_step: Any) -> Any:
+        """Step ranges of the C loops with their active counts, and progress between them.
+        Blocks keep the (block,) count arrays small: (T,) int64 would be 32 MiB a frame."""
         block = 1 << 16
         for t0 in range(0, n_steps, block):
             if on_step is not None:
                 on_step(t0, n_steps)
-            yield t0, min(n_steps, t0 + block)
+            t1 = min(n_steps, t0 + block)
+            yield t0, t1, _active_in(lengths, t0, t1)
 
-    def _finish_run(self, n_steps: int, active: I64) -> None:
+    def _finish_run(self, n_steps: int, lengths: I64) -> None:
         """The Python-side counters after a whole frame ran in C."""
         self._step = n_steps // 8
         self._bit = 0
-        self._n_prev = int(active[-1]) if n_steps else self._b
+        self._n_prev = int(np.count_nonzero(lengths >= n_steps)) if n_steps else self._b
 
     def update(self, symbols: np.ndarray) -> None:
         y = np.asarray(symbols, dtype=np.int64)
@@ -760,6 +765,11 @@ class ContextMixPredictor(Predictor):
             self._c0[:n] = 1
             self._c0n[:n] = 1
             self._byte_contexts(n)
+
+
+def _active_in(lengths: I64, t0: int, t1: int) -> I64:
+    """How many streams (lengths sorted longest first) are active at each step t0..t1."""
+    return np.searchsorted(-lengths, -np.arange(t0, t1), side="left").astype(np.int64)
 
 
 def from_descriptor(desc: Any) -> ContextMixPredictor:

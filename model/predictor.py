@@ -81,21 +81,22 @@ class Predictor(ABC):
     # must give byte-identical payloads (tests compare both paths).
 
     def encode_frame(
-        self, grid: np.ndarray, active: np.ndarray, on_step: Any = None
+        self, grid: np.ndarray, lengths: np.ndarray, on_step: Any = None
     ) -> list[bytes] | None:
         """begin + every step of a frame + rANS: one payload per grid row, or None.
 
-        grid: (B, T) symbols, row r = lockstep stream r; active: (T,) active streams per
-        step; on_step(t, T) is called now and then for progress.
+        grid: (B, T) symbols, row r = lockstep stream r; lengths: (B,) each row's symbol
+        count, non-increasing; on_step(t, T) is called now and then for progress.
         """
         return None
 
     def decode_frame(
-        self, grid: np.ndarray, active: np.ndarray, model_active: np.ndarray,
-        rows: np.ndarray, decoder: Any, on_step: Any = None,
+        self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,
+        on_step: Any = None,
     ) -> bool:  # fmt: skip
-        """begin + every step of a frame, decoding grid rows ``rows`` from ``decoder``
-        (a coder.rans.StreamDecoder) in place; False when there is no compiled path."""
+        """begin + every step of a frame, decoding grid rows ``rows`` (increasing) from
+        ``decoder`` (a coder.rans.StreamDecoder) in place; False when there is no
+        compiled path."""
         return False
 
     def to_symbols(self, raw: bytes) -> np.ndarray:

@@ -180,36 +180,39 @@ def test_archives_are_identical_with_and_without_the_kernel() -> None:
 
 
 def frame_grid(streams: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """(B, T) bit grid of streams sorted longest first, and the active count per step."""
-    from tinyzip.coder.frames import _active_counts
-
+    """(B, T) bit grid of streams sorted longest first, and each row's bit count."""
     bits = [np.unpackbits(np.frombuffer(s, dtype=np.uint8)) for s in streams]
     lens = np.array([len(b) for b in bits], dtype=np.int64)
     grid = np.zeros((len(bits), int(lens.max(initial=0))), dtype=np.uint8)
     for i, b in enumerate(bits):
         grid[i, : len(b)] = b
-    return grid, _active_counts(lens, grid.shape[1])
+    return grid, lens
 
 
 @pytest.mark.parametrize("n_streams", [1, 3, 8])
 def test_compiled_frame_loop_gives_the_reference_payloads(n_streams: int) -> None:
-    from tinyzip.coder.frames import FrameEncoder
+    from tinyzip.coder.frames import FrameEncoder, _active_counts
 
     data = loghub("Linux_2k.log", 10_000, 6000)
     streams = cut(data, n_streams, seed=n_streams)
-    grid, active = frame_grid(streams)
+    grid, lens = frame_grid(streams)
+    active = _active_counts(lens, grid.shape[1])
     fast, ref = ContextMixPredictor(**SMALL), ContextMixPredictor(**SMALL)
     for _ in range(2):  # two frames: the shared tables carry over
-        got = fast.encode_frame(grid, active)
-        want = FrameEncoder(ref)._lockstep_payloads(grid, active, _lengths(active, grid), None)
+        got = fast.encode_frame(grid, lens)
+        want = FrameEncoder(ref)._lockstep_payloads(grid, active, lens, None)
         assert got == want
         assert fast.state_digest() == ref.state_digest()
         for name in STATE:
             assert np.array_equal(getattr(fast, name), getattr(ref, name)), name
 
 
-def _lengths(active: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    return np.array([int(np.count_nonzero(active > r)) for r in range(grid.shape[0])])
+def test_compiled_frame_loop_rejects_lengths_that_break_the_protocol() -> None:
+    pred = ContextMixPredictor(**SMALL)
+    grid = np.zeros((2, 16), dtype=np.uint8)
+    for bad in ([8, 16], [16, 4], [16], [24, 8]):  # growing, not whole bytes, count, > T
+        with pytest.raises(ValueError):
+            pred.encode_frame(grid, np.array(bad))
 
 
 @settings(max_examples=40, deadline=None)
