@@ -550,13 +550,18 @@ static void run_close(Run *r) {
     if (r->active.obj) PyBuffer_Release(&r->active);
 }
 
-/* Gather step t's bits of streams 0..n-1 into k->y; -1 if one is not a bit. */
-static int gather_bits(Kernel *k, const uint8_t *grid, i64 T, i64 t, i64 n) {
+/* update with step t's bits of streams 0..n-1 (read from the grid); -1 with ValueError
+ * if one is not a bit. */
+static int learn_step(Kernel *k, const uint8_t *grid, i64 T, i64 t, i64 n) {
     for (i64 i = 0; i < n; i++) {
         i64 y = grid[i * T + t];
-        if (y > 1) return -1;
+        if (y > 1) {
+            PyErr_SetString(PyExc_ValueError, "Kernel run: symbols must be bits");
+            return -1;
+        }
         k->y[i] = y;
     }
+    update_core(k, k->y, n, (int)(t & 7), t >> 3);
     return 0;
 }
 
@@ -583,11 +588,7 @@ static PyObject *Kernel_encode_run(Kernel *k, PyObject *args) {
             goto done;
         }
         for (i64 i = 0; i < n; i++) out[t * b + i] = (uint16_t)k->scratch[i];
-        if (gather_bits(k, g, T, t, n)) {
-            PyErr_SetString(PyExc_ValueError, "Kernel.encode_run: symbols must be bits");
-            goto done;
-        }
-        update_core(k, k->y, n, (int)(t & 7), t >> 3);
+        if (learn_step(k, g, T, t, n)) goto done;
     }
     ret = Py_None;
     Py_INCREF(ret);
@@ -649,11 +650,7 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
             x[j] = xn;
             g[row[j] * T + t] = (uint8_t)sym;
         }
-        if (gather_bits(k, g, T, t, n)) {
-            PyErr_SetString(PyExc_ValueError, "Kernel.decode_run: symbols must be bits");
-            goto done;
-        }
-        update_core(k, k->y, n, (int)(t & 7), t >> 3);
+        if (learn_step(k, g, T, t, n)) goto done;
     }
     ret = Py_None;
     Py_INCREF(ret);
