@@ -105,6 +105,32 @@ def test_bpe_run_exports_its_table_and_merges(tmp_path: Path, corpus: Path) -> N
     assert len(tok.encode(data)) < len(data)
 
 
+def _val_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f) if r["val_bpb"]]
+
+
+def test_val_windows_0_scores_the_same_bytes_for_byte_and_bpe(tmp_path: Path,
+                                                              corpus: Path) -> None:
+    # Evenly spaced windows of T *tokens* cover different bytes for different vocabularies;
+    # --val-windows 0 scores the whole validation split, so bpb is over the same bytes.
+    val_bytes = {}
+    for vocab in ("byte", "bpe"):
+        summary = run_main(tmp_path, corpus, "--vocab", vocab, "--vocab-size", "512",
+                           "--max-steps", "4", "--val-every", "2", "--val-windows", "0",
+                           "--name", vocab)
+        run_dir = Path(str(summary["run_dir"]))
+        index = json.loads((run_dir / "tokens" / "index.json").read_text())
+        rows = _val_rows(run_dir)
+        assert len(rows) == 3  # steps 2 and 4, and the validation after fit
+        assert {float(r["val_bytes"]) for r in rows} == {index["splits"]["val"]["n_bytes"]}
+        # training seconds are logged with every validation, for curves against time
+        secs = [float(r["train_s"]) for r in rows]
+        assert 0 < secs[0] < secs[1] and secs[2] == pytest.approx(secs[1], abs=1.0)
+        val_bytes[vocab] = float(rows[-1]["val_bytes"])
+    assert val_bytes["byte"] == val_bytes["bpe"] > 4 * 128  # more than 4 byte windows
+
+
 def test_new_run_never_reuses_an_existing_run_dir(tmp_path: Path, corpus: Path) -> None:
     (tmp_path / "runs" / "corpus-tiny-byte").mkdir(parents=True)
     (tmp_path / "runs" / "corpus-tiny-byte" / "keep.txt").write_text("x")

@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--include-hidden", action="store_true",
                       help="also train on hidden files and folders")
     data.add_argument("--val-windows", type=int, default=512, metavar="N",
-                      help="validation uses at most N evenly spaced windows (default: "
-                           "%(default)s)")
+                      help="validation uses at most N evenly spaced windows; 0 = every window, "
+                           "i.e. the whole validation split, the same bytes for any vocabulary "
+                           "(default: %(default)s)")
 
     model = p.add_argument_group("model and optimisation")
     model.add_argument("--preset", choices=PRESETS, default="small",
@@ -260,7 +261,7 @@ def _main(argv: list[str] | None) -> int:
                            [len(b) for b in tokenizer.id_to_bytes()])
     datamodule = TokenDataModule(run_dir / "tokens", batch_size=train_config.batch_size,
                                  context=train_config.context, seed=train_config.seed,
-                                 val_windows=args.val_windows)
+                                 val_windows=args.val_windows or None)
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="csv")]
     if args.wandb:
         loggers.append(_wandb_logger(args, run_dir))

@@ -245,6 +245,8 @@ class TinyzipModule(L.LightningModule):
         self.log("val_bpt", bits / n_tokens, prog_bar=False, sync_dist=False)
         self.log("val_bpb", bits / n_bytes, prog_bar=True, sync_dist=False)
         self.log("val_bytes", n_bytes, prog_bar=False, sync_dist=False)
+        # wall-clock seconds of training so far (validation pauses included), for curves
+        self.log("train_s", self.training_seconds(), prog_bar=False, sync_dist=False)
         self.log("qat", float(self.model.quant_enabled), prog_bar=False, sync_dist=False)
 
 
