@@ -24,7 +24,7 @@ import numpy as np
 import zstandard
 from tinyzip.coder.container import Chunk, ChunkMode, FrameHeader
 from tinyzip.coder.rans import StreamDecoder, encode_streams, symbol_ranges
-from tinyzip.model.predictor import Predictor
+from tinyzip.model.predictor import Predictor, active_counts
 
 from tinyzip.errors import CorruptInputError
 
@@ -72,13 +72,6 @@ def lockstep_order(n_symbols: list[int]) -> np.ndarray:
     """Stream indices sorted by non-increasing symbol count (ties by index): the active
     streams of every step are then a prefix, as the predictor protocol requires."""
     return np.argsort(-np.asarray(n_symbols, dtype=np.int64), kind="stable")
-
-
-def _active_counts(lengths_sorted: np.ndarray, n_steps: int) -> np.ndarray:
-    """(n_steps,) how many streams (a prefix, lengths sorted non-increasing) are active at step t."""
-    steps = np.arange(n_steps)
-    # lengths_sorted is non-increasing: count of lengths > t.
-    return np.searchsorted(-lengths_sorted, -steps, side="left").astype(np.int64)
 
 
 def _zstd(raw: bytes, level: int) -> bytes:
@@ -161,7 +154,7 @@ class FrameEncoder:
             grid[row, : lengths[row]] = symbols[idx]
         coded_sorted = predictor.encode_frame(grid, lengths, on_step)  # compiled, when it has one
         if coded_sorted is None:
-            active = _active_counts(lengths, n_steps)
+            active = active_counts(lengths, 0, n_steps)
             coded_sorted = self._lockstep_payloads(grid, active, lengths, on_step)
         coded = [b""] * len(streams)
         for row, idx in enumerate(order):
@@ -263,8 +256,8 @@ class FrameDecoder:
         )
         if not predictor.decode_frame(grid, lengths, rows, decoder, on_step):
             # The reference loop (a compiled decode_frame gives the same symbols).
-            active = _active_counts(lengths, n_steps)
-            model_active = _active_counts(model_lengths, n_steps)
+            active = active_counts(lengths, 0, n_steps)
+            model_active = active_counts(model_lengths, 0, n_steps)
             predictor.begin(len(order))
             for t in range(n_steps):
                 n = int(active[t])

@@ -50,7 +50,8 @@ typedef uint64_t u64;
 #define H2 0xC2B2AE3D27D4EB4FULL
 #define H3 0x165667B19E3779F9ULL
 
-/* Context kinds (the `kinds` parameter): 0..6 order-k, then the log-structure ones. */
+/* Context kinds (the `kinds` parameter): each context's position in CONTEXT_NAMES
+ * (context_mix.py), 0..6 order-k, then the log-structure ones. */
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_LAST = K_SHAPEFIELD };
 

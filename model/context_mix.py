@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tinyzip.model.predictor import Predictor
+from tinyzip.model.predictor import Predictor, active_counts
 
 from tinyzip.errors import CorruptInputError
 
@@ -421,9 +421,6 @@ class ContextMixPredictor(Predictor):
 
     def _bind_kernel(self) -> Any:
         """The C kernel, bound to this frame's arrays (begin and reset make new ones)."""
-        kinds = {"o0": 0, "o1": 1, "o2": 2, "o3": 3, "o4": 4, "o5": 5, "o6": 6}
-        kinds.update(word=7, bigram=8, column=9, field=10, sparse=11, o8=12, linepos=13, shape=14,
-                     above2=15, shapefield=16)
         arrays = (
             self._t, self._c0, self._c0n, self._h8, self._wordh, self._pword, self._col,
             self._field, self._line, self._pline, self._above, self._hist, self._mtab,
@@ -431,7 +428,8 @@ class ContextMixPredictor(Predictor):
             self._wbase, self._blk, self._abase, self._ctx_vals, self._ebit, self._midx,
             self._wsel, self._wsel2, self._p12,
             STRETCH, SQUASH, RECIP, MATCH_BUCKET, WORD_BYTE, self._lim, self._ctx_off,
-            np.array([kinds[c] for c in self.contexts], dtype=np.int64),
+            # the kernel's context kinds are positions in CONTEXT_NAMES
+            np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -682,7 +680,7 @@ class ContextMixPredictor(Predictor):
         model_lengths = lengths[rows]
         x, cursor, limit, words = decoder.raw_state()
         for t0, t1, active in self._blocks(n_steps, lengths, on_step):
-            model_active = _active_in(model_lengths, t0, t1)
+            model_active = active_counts(model_lengths, t0, t1)
             self._kernel.decode_run(
                 grid, active, model_active, rows, x, cursor, limit, words, n_steps, t0, t1
             )
@@ -707,7 +705,7 @@ class ContextMixPredictor(Predictor):
             if on_step is not None:
                 on_step(t0, n_steps)
             t1 = min(n_steps, t0 + block)
-            yield t0, t1, _active_in(lengths, t0, t1)
+            yield t0, t1, active_counts(lengths, t0, t1)
 
     def _finish_run(self, n_steps: int, lengths: I64) -> None:
         """The Python-side counters after a whole frame ran in C."""
@@ -765,11 +763,6 @@ class ContextMixPredictor(Predictor):
             self._c0[:n] = 1
             self._c0n[:n] = 1
             self._byte_contexts(n)
-
-
-def _active_in(lengths: I64, t0: int, t1: int) -> I64:
-    """How many streams (lengths sorted longest first) are active at each step t0..t1."""
-    return np.searchsorted(-lengths, -np.arange(t0, t1), side="left").astype(np.int64)
 
 
 def from_descriptor(desc: Any) -> ContextMixPredictor:

@@ -34,6 +34,13 @@ from typing import Any
 import numpy as np
 
 
+def active_counts(lengths: np.ndarray, t0: int, t1: int) -> np.ndarray:
+    """(t1 - t0,) int64: how many streams are active at each step t0..t1, for symbol
+    counts sorted non-increasing (the active streams are then a prefix)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.searchsorted(-lengths, -np.arange(t0, t1), side="left").astype(np.int64)
+
+
 class Predictor(ABC):
     """Integer frequency tables over ``n_symbols`` symbols for B streams."""
 

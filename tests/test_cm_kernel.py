@@ -191,12 +191,13 @@ def frame_grid(streams: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("n_streams", [1, 3, 8])
 def test_compiled_frame_loop_gives_the_reference_payloads(n_streams: int) -> None:
-    from tinyzip.coder.frames import FrameEncoder, _active_counts
+    from tinyzip.coder.frames import FrameEncoder
+    from tinyzip.model.predictor import active_counts
 
     data = loghub("Linux_2k.log", 10_000, 6000)
     streams = cut(data, n_streams, seed=n_streams)
     grid, lens = frame_grid(streams)
-    active = _active_counts(lens, grid.shape[1])
+    active = active_counts(lens, 0, grid.shape[1])
     fast, ref = ContextMixPredictor(**SMALL), ContextMixPredictor(**SMALL)
     for _ in range(2):  # two frames: the shared tables carry over
         got = fast.encode_frame(grid, lens)

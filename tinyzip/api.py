@@ -23,11 +23,11 @@ from tinyzip.coder.archive import (
 )
 from tinyzip.coder.container import FileHeader
 from tinyzip.coder.frames import FramePolicy
+from tinyzip.errors import UsageError
+from tinyzip.models import ModelSpec, choose_model, resolver
 
 #: Default most streams per frame: None lets the model choose (Predictor.default_streams).
 DEFAULT_STREAMS: int | None = None
-from tinyzip.errors import UsageError
-from tinyzip.models import ModelSpec, choose_model, resolver
 
 #: Bytes read from a source per write call while streaming.
 _READ_SIZE = 1 << 20
