@@ -1,9 +1,11 @@
-"""Build hook for the optional compiled kernel; the metadata lives in pyproject.toml.
+"""Build hook for the optional compiled kernels; the metadata lives in pyproject.toml.
 
-``tinyzip.model._cm_kernel`` speeds up the context-mixing predictor (model/_cm_kernel.c).
-It is optional: without a C compiler the install still succeeds and the predictor runs
-its numpy reference code, with identical results. No -march flags: the kernel is integer
-only, and a wheel must run on any machine of its architecture.
+``tinyzip.model._cm_kernel`` speeds up the context-mixing predictor (model/_cm_kernel.c),
+``tinyzip.model._engine_kernel`` the transformer's integer engine (model/_engine_kernel.c).
+Both are optional: without a C compiler the install still succeeds and the predictors run
+their numpy reference code, with identical results. No -march flags: the kernels are
+integer only, and a wheel must run on any machine of its architecture (the engine picks
+its AVX2 code at run time, per function, where the CPU has it).
 """
 
 from setuptools import Extension, setup
@@ -15,6 +17,12 @@ setup(
             ["model/_cm_kernel.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "tinyzip.model._engine_kernel",
+            ["model/_engine_kernel.c"],
+            optional=True,
+            extra_compile_args=["-O3"],
+        ),
     ]
 )

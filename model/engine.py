@@ -25,7 +25,9 @@ get weight exactly 0, which adds exactly 0 to the exact sums.
 from __future__ import annotations
 
 import math  # isqrt only: exact integer square root, no float
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +40,11 @@ from tinyzip.errors import UsageError
 
 if TYPE_CHECKING:
     from tinyzip.model.transformer_predictor import TransformerPredictor
+
+try:  # the optional compiled engine (setup.py builds it when a C compiler is present)
+    from tinyzip.model import _engine_kernel  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the build
+    _engine_kernel = None
 
 I64 = np.int64
 #: int8 activations use -127..127 (see checkpoint validation).
@@ -128,6 +135,84 @@ def _torch_gemms() -> tuple[Gemm, Gemm]:
     return gemm, int_gemm
 
 
+def compiled_available() -> bool:
+    """True when the compiled engine (tinyzip.model._engine_kernel) was built."""
+    return _engine_kernel is not None
+
+
+#: Output channels per packed weight block of the compiled engine (model/_engine_kernel.c).
+_PACK_COLS = 16
+#: The compiled step splits its streams over threads only with at least this many each
+#: (a thread hand-off costs about as much as a few streams' step).
+_MIN_STREAMS_PER_THREAD = 4
+
+
+def default_threads() -> int:
+    """Threads of the compiled engine: OMP_NUM_THREADS when set (``tinyzip -T`` sets it),
+    else the CPUs this process may run on, at most 8. Tables never depend on it."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
+def _pack_weight(w: np.ndarray) -> np.ndarray:
+    """int8 (N, K) -> the compiled engine's int16 layout [N/16][K/2][16][2] (N padded to a
+    multiple of 16, K to even, with zeros): W[n, k] at ((n//16 * K/2 + k//2) * 16
+    + n%16) * 2 + k%2, so that one AVX2 vpmaddwd multiplies a pair of inputs with 16
+    output channels' pair of weights."""
+    n, k = w.shape
+    kp, np_ = k + (k & 1), -(-n // _PACK_COLS) * _PACK_COLS
+    full = np.zeros((np_, kp), dtype=np.int16)
+    full[:n, :k] = w
+    packed: np.ndarray = full.reshape(np_ // _PACK_COLS, _PACK_COLS, kp // 2, 2).transpose(
+        0, 2, 1, 3).ravel()
+    return packed
+
+
+def _make_kernel(checkpoint: Checkpoint, *, simd: bool = True) -> object:
+    """The compiled engine over ``checkpoint``: its tensors packed into one int16 blob (the
+    weights), one int64 blob (multipliers, ALiBi slopes, exp table) and an int64 ``meta``
+    vector of sizes, offsets and shifts, in the order _engine_kernel.c's Kernel_init reads.
+    ``simd=False`` runs the kernel's plain C code even where AVX2 is available (tests)."""
+    assert _engine_kernel is not None
+    t, c = checkpoint.tensors, checkpoint.config
+    wparts: list[np.ndarray] = []
+    iparts: list[np.ndarray] = []
+    sizes = [0, 0]
+
+    def put(parts: list[np.ndarray], which: int, a: np.ndarray, dtype: type) -> int:
+        flat = np.ascontiguousarray(a, dtype=dtype).ravel()
+        off = sizes[which]
+        parts.append(flat)
+        sizes[which] += flat.size
+        return off
+
+    def scale(name: str) -> list[int]:
+        return [put(iparts, 1, t[f"{name}.mult"], np.int64), int(t[f"{name}.shift"][0])]
+
+    def linear(name: str) -> list[int]:
+        return [put(wparts, 0, _pack_weight(t[f"{name}.weight"]), np.int16),
+                *scale(name)]
+
+    meta = [c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.d_ff, c.window,
+            int(t["exp_lut"].size), c.freq_bits,
+            put(wparts, 0, t["tok_emb.weight"], np.int16), *scale("tok_emb")]
+    for i in range(c.n_layers):
+        b = f"blocks.{i}"
+        meta += [*scale(f"{b}.norm1"), *linear(f"{b}.attn.qkv"), *scale(f"{b}.attn.score"),
+                 put(iparts, 1, t[f"{b}.attn.alibi"], np.int64), *scale(f"{b}.attn.pv"),
+                 *linear(f"{b}.attn.proj"), *scale(f"{b}.norm2"), *linear(f"{b}.mlp.fc"),
+                 *linear(f"{b}.mlp.proj")]
+    meta += [*scale("norm_f"), *linear("head"), put(iparts, 1, t["exp_lut"], np.int64)]
+    return _engine_kernel.Kernel(np.concatenate(wparts), np.concatenate(iparts),
+                                 np.asarray(meta, dtype=np.int64), simd)
+
+
 @dataclass(frozen=True)
 class _Linear:
     """An int8 linear layer ready for the engine: float32 (K, N) weight + requant."""
@@ -178,9 +263,24 @@ class Engine:
     """Integer transformer inference over a checkpoint: tables for B streams.
 
     Token ids 0..V-1 are symbols; ``bos`` (= V) is fed before each stream's first symbol.
+
+    ``compiled``: run ``step`` and ``tables_parallel`` in the compiled engine
+    (tinyzip.model._engine_kernel) instead of the numpy code; None (default) uses it when
+    it was built, the backend is numpy and TINYZIP_PURE_NUMPY is not 1. The tables are
+    identical either way (docs/numerics.md, "The compiled engine"). ``threads``: how many
+    threads the compiled engine splits its streams over (None: ``default_threads()``);
+    each stream is computed by one thread alone, so the tables do not depend on it.
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy") -> None:
+    def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy",
+                 compiled: bool | None = None, threads: int | None = None) -> None:
+        if compiled is None:
+            compiled = backend == "numpy" and os.environ.get("TINYZIP_PURE_NUMPY") != "1"
+        if compiled and _engine_kernel is None:
+            compiled = False
+        if compiled and backend != "numpy":
+            raise UsageError("the compiled engine replaces the numpy backend; "
+                             "use compiled=False with backend='torch'")
         if backend == "numpy":
             self._gemm: Gemm = _numpy_gemm
             self._int_gemm: Gemm = _numpy_int_gemm
@@ -226,6 +326,33 @@ class Engine:
         self._slot_pos = np.zeros(0, dtype=I64)
         self._t = 0
         self._n_streams = 0
+        self._kernel: object | None = _make_kernel(checkpoint) if compiled else None
+        self._kv: tuple[np.ndarray, np.ndarray] | None = None  # compiled step caches
+        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _split(self, fn: Callable[[int, int], object], n: int, min_each: int) -> None:
+        """fn(b0, b1) over [0, n) in up to ``threads`` contiguous parts, the first in this
+        thread (the kernel releases the GIL); parts write disjoint rows."""
+        parts = max(1, min(self.threads, n // max(1, min_each)))
+        if parts == 1:
+            fn(0, n)
+            return
+        if self._pool is None or self._pool._max_workers < parts - 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
+                                            thread_name_prefix="tinyzip-engine")
+        cut = [n * i // parts for i in range(parts + 1)]
+        futures = [self._pool.submit(fn, cut[i], cut[i + 1]) for i in range(1, parts)]
+        try:
+            fn(cut[0], cut[1])
+        finally:
+            for f in futures:
+                f.result()
+
+    @property
+    def compiled(self) -> bool:
+        """True when step and tables_parallel run in the compiled engine."""
+        return self._kernel is not None
 
     # ---- integer building blocks -------------------------------------------------
 
@@ -355,6 +482,12 @@ class Engine:
     def _forward(self, inputs: np.ndarray) -> np.ndarray:
         """inputs (B, T) ids, BOS included -> (B, T, V) tables after each input."""
         b, t = inputs.shape
+        if self._kernel is not None:
+            tables = np.empty((b, t, self.n_symbols), dtype=np.uint32)
+            ids = np.ascontiguousarray(inputs, dtype=I64)
+            forward = self._kernel.forward  # type: ignore[attr-defined]
+            self._split(lambda b0, b1: forward(ids, t, tables, b0, b1), b, 1)
+            return tables
         x = self._embed(inputs)  # (B, T, C)
         w = self.config.window
         for layer in self._layers:
@@ -389,15 +522,22 @@ class Engine:
         if n_streams < 0:
             raise UsageError(f"n_streams must be >= 0, got {n_streams}")
         c = self.config
+        self._slot_pos = np.full(c.window, -1, dtype=I64)  # position held by each slot
+        self._t = 0
+        self._n_streams = n_streams
+        if self._kernel is not None:
+            # int8 caches of the compiled engine: per layer and stream, per head the keys
+            # as [hd/2][W][2] pairs, then the values as [W][hd] (hd padded to even)
+            hdp = c.head_dim + (c.head_dim & 1)
+            shape = (c.n_layers, n_streams, c.n_heads, hdp * c.window)
+            self._kv = (np.zeros(shape, dtype=np.int8), np.zeros(shape, dtype=np.int8))
+            return
         # caches hold int8 values as float32, ready for the exact matmuls; keys are
         # stored transposed (B, H, hd, W) so that q @ k_t needs no copy
         k_shape = (n_streams, c.n_heads, c.head_dim, c.window)
         v_shape = (n_streams, c.n_heads, c.window, c.head_dim)
         self._k_cache = [np.zeros(k_shape, dtype=np.float32) for _ in self._layers]
         self._v_cache = [np.zeros(v_shape, dtype=np.float32) for _ in self._layers]
-        self._slot_pos = np.full(c.window, -1, dtype=I64)  # position held by each slot
-        self._t = 0
-        self._n_streams = n_streams
 
     @property
     def position(self) -> int:
@@ -418,6 +558,15 @@ class Engine:
         self._check_ids(tokens, allow_bos=True)
         if n == 0:  # every stream has finished: nothing to compute, position unchanged
             return np.zeros((0, self.n_symbols), dtype=np.uint32)
+        if self._kernel is not None:
+            assert self._kv is not None
+            tables = np.empty((n, self.n_symbols), dtype=np.uint32)
+            k_cache, v_cache, t = self._kv[0], self._kv[1], self._t
+            step = self._kernel.step  # type: ignore[attr-defined]
+            self._split(lambda b0, b1: step(tokens, t, k_cache, v_cache, tables, b0, b1), n,
+                        _MIN_STREAMS_PER_THREAD)
+            self._t += 1
+            return tables
         w = self.config.window
         slot = self._t % w  # the ring buffer overwrites the key that just left the window
         self._slot_pos[slot] = self._t

@@ -73,7 +73,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
 
 @pytest.fixture(scope="module")
 def tables_b7(tiny: Checkpoint) -> np.ndarray:
-    return Engine(tiny).tables_parallel(_tokens(7))
+    # the numpy engine is the reference (the compiled one: tests/test_engine_kernel.py)
+    return Engine(tiny, compiled=False).tables_parallel(_tokens(7))
 
 
 def test_engine_tables_match_golden_hash(tables_b7: np.ndarray) -> None:
@@ -96,10 +97,11 @@ def test_tables_are_valid_frequency_tables(tables_b7: np.ndarray) -> None:
     assert 1 < len(np.unique(tables_b7[0, 5])) and tables_b7.max() < 2**16 - 255
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "default"])
 @pytest.mark.parametrize("b", [1, 7, 64])
-def test_step_mode_equals_parallel_mode(tiny: Checkpoint, tables_b7: np.ndarray, b: int
-                                        ) -> None:
-    engine = Engine(tiny)
+def test_step_mode_equals_parallel_mode(tiny: Checkpoint, tables_b7: np.ndarray, b: int,
+                                        compiled: bool) -> None:
+    engine = Engine(tiny, compiled=None if compiled else False)
     tokens = _tokens(b)  # the seeded RNG fills rows in order: the first rows agree for all b
     parallel = engine.tables_parallel(tokens)
     assert np.array_equal(parallel, _step_tables(engine, tokens))

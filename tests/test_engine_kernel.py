@@ -1,0 +1,196 @@
+"""The compiled engine (model/_engine_kernel.c) against the numpy engine, table for table.
+
+The numpy engine is the reference (its tables are pinned by tests/golden/engine.json);
+the compiled one must give the same uint32 tables in step and parallel mode, for every
+batch size, thread count and vocabulary, with its AVX2 code and with its plain C code.
+The checkpoints are "trained-ish": random weights whose multipliers are rescaled so that
+activations use the int8 range and attention is peaked for some heads and flat for others
+(random_tensors alone gives mostly flat attention), so saturation, the clip at 0 of the
+MLP, the exp table's zero tail and zero probabilities are all exercised (63-96% of the
+keys in the window get probability 0, depending on the layer and the config).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tinyzip.model import engine as engine_mod
+from tinyzip.model.checkpoint import (
+    Checkpoint,
+    byte_tokenizer_table,
+    random_tensors,
+    save_checkpoint,
+)
+from tinyzip.model.config import ModelConfig
+from tinyzip.model.engine import Engine, compiled_available
+
+pytestmark = pytest.mark.skipif(not compiled_available(),
+                                reason="tinyzip.model._engine_kernel was not built")
+
+TESTS = Path(__file__).parent
+# small-like (head dim 24, the AVX2 24-wide path), odd head dim 9 (padding lanes), head
+# dim 40 (the 32-wide path plus a tail), window longer and shorter than T
+CONFIGS = {
+    "small_like": ModelConfig(vocab_size=256, d_model=96, n_layers=2, n_heads=4, d_ff=160,
+                              window=24),
+    "odd_head": ModelConfig(vocab_size=256, d_model=36, n_layers=2, n_heads=4, d_ff=70,
+                            window=11),
+    "wide_head_bpe": ModelConfig(vocab_size=1024, d_model=80, n_layers=1, n_heads=2, d_ff=64,
+                                 window=64),
+}
+T = 50
+
+
+def _trained_ish(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+    """random_tensors with multipliers scaled per layer (x1/4 .. x16, seeded): larger
+    scores make some heads peaked (many zero probabilities), larger linears saturate."""
+    t = random_tensors(config, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for name in list(t):
+        if name.endswith(".mult") and not name.startswith("tok_emb"):
+            factor = float(2.0 ** rng.integers(-2, 5))
+            m = t[name].astype(np.int64) * factor
+            t[name] = np.clip(m, -(2**30) + 1, 2**30 - 1).astype(np.int32)
+    return t
+
+
+def _checkpoint(tmp: Path, name: str, seed: int = 5) -> Checkpoint:
+    config = CONFIGS[name]
+    if config.vocab_size == 256:
+        table = byte_tokenizer_table()
+    else:  # any partition of bytes will do: the engine never looks at the table
+        table = [bytes([i]) for i in range(256)] + [
+            bytes([i % 256, (i * 7) % 256]) for i in range(256, config.vocab_size)]
+    return save_checkpoint(tmp / f"{name}.tzm", config=config,
+                           tensors=_trained_ish(config, seed), tokenizer_table=table,
+                           meta={"name": name})
+
+
+def _tokens(b: int, v: int, t: int = T, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, v, size=(b, t))
+
+
+def _step_tables(engine: Engine, tokens: np.ndarray) -> np.ndarray:
+    b, t = tokens.shape
+    engine.reset(b)
+    inputs = np.full(b, engine.bos)
+    rows = []
+    for i in range(t):
+        rows.append(engine.step(inputs))
+        inputs = tokens[:, i]
+    return np.stack(rows, axis=1)
+
+
+def _compiled(ckpt: Checkpoint, *, simd: bool, threads: int = 1) -> Engine:
+    engine = Engine(ckpt, compiled=True, threads=threads)
+    engine._kernel = engine_mod._make_kernel(ckpt, simd=simd)
+    return engine
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[Checkpoint, np.ndarray]:
+    ckpt = _checkpoint(tmp_path_factory.mktemp("k"), request.param)
+    tokens = _tokens(64, ckpt.config.vocab_size)
+    return ckpt, Engine(ckpt, compiled=False).tables_parallel(tokens)
+
+
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "plain_c"])
+@pytest.mark.parametrize("b", [1, 7, 64])
+def test_compiled_tables_equal_numpy_tables(case: tuple[Checkpoint, np.ndarray], b: int,
+                                            simd: bool) -> None:
+    ckpt, reference = case
+    tokens = _tokens(64, ckpt.config.vocab_size)[:b]
+    engine = _compiled(ckpt, simd=simd, threads=2)
+    assert np.array_equal(engine.tables_parallel(tokens), reference[:b])
+    assert np.array_equal(_step_tables(engine, tokens), reference[:b])
+
+
+def test_reference_tables_exercise_the_edge_cases(case: tuple[Checkpoint, np.ndarray]) -> None:
+    _, reference = case
+    assert np.all(reference.astype(np.int64).sum(axis=-1) == 2**16)
+    # confident and unsure rows both occur (the scaled head saturates some logits)
+    top = reference.max(axis=-1)
+    assert top.max() > 2**15 > top.min()
+
+
+def test_numpy_step_mode_agrees_on_the_trained_ish_checkpoints(
+        case: tuple[Checkpoint, np.ndarray]) -> None:
+    ckpt, reference = case
+    tokens = _tokens(64, ckpt.config.vocab_size)[:7]
+    assert np.array_equal(_step_tables(Engine(ckpt, compiled=False), tokens), reference[:7])
+
+
+def test_long_sequences_wrap_the_ring_many_times(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, "odd_head", seed=9)  # window 11, T = 150
+    tokens = _tokens(5, 256, t=150, seed=4)
+    reference = Engine(ckpt, compiled=False).tables_parallel(tokens)
+    for simd in (True, False):
+        engine = _compiled(ckpt, simd=simd)
+        assert np.array_equal(_step_tables(engine, tokens), reference)
+        assert np.array_equal(engine.tables_parallel(tokens, chunk=40), reference)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_and_shrinking_batches_do_not_change_tables(
+        case: tuple[Checkpoint, np.ndarray], threads: int) -> None:
+    ckpt, reference = case
+    tokens = _tokens(64, ckpt.config.vocab_size)[:13]
+    engine = _compiled(ckpt, simd=True, threads=threads)
+    engine.reset(13)
+    inputs = np.full(13, engine.bos)
+    for i in range(T):
+        n = 13 if i < 20 else (9 if i < 35 else 2)  # streams finish, as in the coder
+        assert np.array_equal(engine.step(inputs[:n]), reference[:n, i])
+        inputs = tokens[:, i]
+
+
+def test_golden_hash_holds_for_the_compiled_engine(tmp_path: Path) -> None:
+    sys.path.insert(0, str(TESTS))
+    import test_engine as te
+
+    ckpt = te._tiny_checkpoint(tmp_path / "tiny.tzm")
+    golden = __import__("json").loads(te.GOLDEN.read_text())["tables_sha256"]
+    for simd in (True, False):
+        engine = _compiled(ckpt, simd=simd)
+        assert te._tables_hash(engine.tables_parallel(te._tokens(7))) == golden
+        assert te._tables_hash(_step_tables(engine, te._tokens(7))) == golden
+
+
+def test_engine_uses_the_compiled_path_by_default_and_honours_pure_numpy(
+        tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, "odd_head")
+    assert Engine(ckpt).compiled and not Engine(ckpt, compiled=False).compiled
+    code = ("import sys; from tinyzip.model.checkpoint import load_checkpoint; "
+            "from tinyzip.model.engine import Engine; "
+            f"print(Engine(load_checkpoint({str(tmp_path / 'odd_head.tzm')!r})).compiled)")
+    env = dict(os.environ, TINYZIP_PURE_NUMPY="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_kernel_rejects_bad_arrays(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path, "odd_head")
+    engine = Engine(ckpt, compiled=True)
+    kernel = engine._kernel
+    engine.reset(2)
+    k_cache, v_cache = engine._kv  # type: ignore[misc]
+    out = np.empty((2, 256), dtype=np.uint32)
+    with pytest.raises(ValueError):  # id above BOS
+        kernel.step(np.array([0, 300]), 0, k_cache, v_cache, out)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):  # more streams than the caches hold
+        kernel.step(np.zeros(3, dtype=np.int64), 0, k_cache, v_cache,  # type: ignore[attr-defined]
+                    np.empty((3, 256), dtype=np.uint32))
+    with pytest.raises(ValueError):  # output of the wrong size
+        kernel.forward(np.zeros((2, 4), dtype=np.int64), 4,  # type: ignore[attr-defined]
+                       np.empty((2, 4, 255), dtype=np.uint32))
+    with pytest.raises(ValueError):  # a packed model that does not add up
+        engine_mod._engine_kernel.Kernel(np.zeros(10, dtype=np.int16),
+                                         np.zeros(10, dtype=np.int64),
+                                         np.zeros(5, dtype=np.int64))
