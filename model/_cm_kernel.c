@@ -80,6 +80,7 @@ enum {
     A_ABASE, A_CTXV, A_EBIT, A_MIDX, A_WSEL, A_WSEL2, A_P12,
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
+    A_SELOFF, A_SELKINDS,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -87,12 +88,17 @@ static const char *array_names[N_ARRAYS] = {
     "hist", "mtab", "mlen", "mptr", "mok", "idx", "val", "pcl", "x", "wbase", "blk",
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
+    "sel_off", "sel_kinds",
 };
+
+/* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
+ * MIXER_SELECTORS (context_mix.py), with their numbers of values. */
+enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_LAST = S_MATCH };
 
 /* Integer parameters, in the order of the second tuple. */
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
-    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE,
+    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS,
     N_PARAMS
 };
 
@@ -106,7 +112,7 @@ typedef struct {
     u64 *h8, *wordh, *pword, *ctxv;
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
-    i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds;
+    i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
     /* per-stream scratch of the match lookup (n <= b) */
     i64 *cand, *key;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
@@ -137,9 +143,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         if (self->prm[i] == -1 && PyErr_Occurred()) return -1;
     }
     i64 b = self->prm[P_B], nc = self->prm[P_NC], ni = self->prm[P_NI];
-    i64 ncols = self->prm[P_NCOLS], cw = self->prm[P_CW];
+    i64 ncols = self->prm[P_NCOLS], cw = self->prm[P_CW], ns = self->prm[P_NSETS];
     if (b < 0 || b > 65536 || nc < 1 || nc > K_LAST + 1 || ni != nc + 2 || cw != nc + 5 ||
-        ncols != cw + 2 * ni || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
+        ns < 2 || ns > S_LAST + 3 || ncols != cw + ns * ni || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
         self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40) {
@@ -153,11 +159,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_PWORD] = b, [A_COL] = b, [A_FIELD] = b, [A_LINE] = b, [A_PLINE] = b, [A_ABOVE] = b,
         [A_HIST] = bb << self->prm[P_RINGBITS], [A_MTAB] = (i64)1 << self->prm[P_MHASHBITS],
         [A_MLEN] = b, [A_MPTR] = b, [A_MOK] = b, [A_IDX] = b * ncols, [A_VAL] = b * ncols,
-        [A_PCL] = b * cw, [A_X] = b * 2 * ni, [A_WBASE] = b * 2, [A_BLK] = b * nc,
+        [A_PCL] = b * cw, [A_X] = b * ns * ni, [A_WBASE] = b * ns, [A_BLK] = b * nc,
         [A_ABASE] = b * 4, [A_CTXV] = b * nc, [A_EBIT] = b * 8, [A_MIDX] = b * 8,
         [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
         [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
-        [A_CTXOFF] = nc, [A_KINDS] = nc,
+        [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -185,11 +191,16 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->wsel2 = V(A_WSEL2); self->p12 = V(A_P12); self->stretch = V(A_STRETCH);
     self->squash = V(A_SQUASH); self->recip = V(A_RECIP); self->mbucket = V(A_MBUCKET);
     self->wordbyte = V(A_WORDBYTE); self->lim = V(A_LIM); self->ctxoff = V(A_CTXOFF);
-    self->kinds = V(A_KINDS);
+    self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
 #undef V
     for (i64 j = 0; j < nc; j++)
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
+            return -1;
+        }
+    for (i64 e = 0; e < ns - 2; e++)
+        if (self->selkinds[e] < 0 || self->selkinds[e] > S_LAST) {
+            PyErr_SetString(PyExc_ValueError, "Kernel: unknown mixer selector");
             return -1;
         }
     self->cand = PyMem_Malloc(sizeof(i64) * (size_t)bb);
@@ -225,6 +236,29 @@ static void nibble_slots(Kernel *k, i64 i, i64 hi) {
             h = (h ^ (h >> 29)) * H2;
             k->blk[i * nc + j] = k->ctxoff[j] + (i64)(h >> slot_shift) * 16;
         }
+        /* The slot's 16 counters (two cache lines) serve the next four bits: fetch them
+         * now rather than stall on the first one (no effect on any value). */
+        i64 b0 = k->blk[i * nc + j];
+        if (b0 >= 0 && b0 + 16 <= k->prm[P_TABLESIZE]) {
+            __builtin_prefetch(k->t + b0);
+            __builtin_prefetch(k->t + b0 + 8);
+        }
+    }
+}
+
+/* The value of an extra weight-set selector for stream i (MixerSelector in numpy). */
+static inline i64 selector(const Kernel *k, i64 i, i64 kind, int bit, int mok) {
+    u64 h8 = k->h8[i];
+    switch (kind) {
+    case S_FIELD: return k->field[i];
+    case S_COLUMN: return k->col[i] < 63 ? k->col[i] : 63;
+    case S_SHAPE2: return BYTECLASS[h8 & 0xFF] * 8 + BYTECLASS[(h8 >> 8) & 0xFF];
+    case S_BYTE2: return (i64)((h8 >> 8) & 0xFF);
+    case S_ABOVE: return k->above[i];
+    default: { /* S_MATCH: the length while the match holds (saturating), the expected bit */
+        i64 ml = mok ? (k->mlen[i] < 31 ? k->mlen[i] : 31) : 0;
+        return ml * 2 + k->ebit[i * 8 + bit];
+    }
     }
 }
 
@@ -278,6 +312,12 @@ static void byte_contexts(Kernel *k, i64 i) {
     i64 a2 = apm2_off + ((i64)c1 << 8) * APM_POINTS;
     k->abase[i * 4 + 2] = a2;
     k->abase[i * 4 + 3] = a2 + 1;
+    /* The first bit's weights of the extra sets (they miss the cache otherwise). */
+    for (i64 e = 0; e < k->prm[P_NSETS] - 2; e++) {
+        i64 wb = k->seloff[e] + selector(k, i, k->selkinds[e], 0, k->mok[i] != 0) * 8 * ni;
+        if (wb >= 0 && wb + ni <= k->prm[P_TABLESIZE])
+            for (i64 m = 0; m < ni; m += 8) __builtin_prefetch(k->t + wb + m);
+    }
 }
 
 /* _end_byte for streams 0..n-1, at byte position pos. */
@@ -365,7 +405,8 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 *p16out) {
     const i64 apm_wmul[4] = {-1, 1, -2, 2}, apm_wadd[4] = {4096, 0, 8192, 0};
     for (i64 i = 0; i < n; i++) {
         i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
-        i64 *x = k->x + i * 2 * ni;
+        i64 ns = k->prm[P_NSETS];
+        i64 *x = k->x + i * ns * ni, *wbase = k->wbase + i * ns;
         i64 c0 = k->c0[i], c0n = k->c0n[i];
         int mok = k->mok[i] != 0;
         for (i64 j = 0; j < nc; j++) idx[j] = k->blk[i * nc + j] + c0n;
@@ -374,21 +415,24 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 *p16out) {
             if ((u64)idx[j] >= (u64)tsize) bad = 1, idx[j] = 0;
             val[j] = k->t[idx[j]];
             pc[j] = clip_p(val[j]);
-            x[j] = x[ni + j] = k->stretch[pc[j] >> (P_BITS - 12)];
+            x[j] = k->stretch[pc[j] >> (P_BITS - 12)];
         }
-        /* Mixer: set A by partial byte and match state, set B by last byte and bit. */
-        i64 wb0 = (c0 + (mok ? k->wsel[i] : 0)) * ni + w_off;
-        i64 wb1 = k->wsel2[i] + bit * ni;
-        k->wbase[i * 2] = wb0;
-        k->wbase[i * 2 + 1] = wb1;
+        /* (numpy keeps a copy of the inputs and the weight indices per set, for one
+         * np.add.at; here every set reads x[0..ni) and its weights from wbase) */
+        /* Mixer: set A by partial byte and match state, set B by last byte and bit, then
+         * one set per extra selector (its value and the bit position). */
+        wbase[0] = (c0 + (mok ? k->wsel[i] : 0)) * ni + w_off;
+        wbase[1] = k->wsel2[i] + bit * ni;
+        for (i64 e = 0; e < ns - 2; e++)
+            wbase[2 + e] = k->seloff[e] + (selector(k, i, k->selkinds[e], bit, mok) * 8 + bit) * ni;
         u64 dot = 0;
-        for (i64 m = 0; m < ni; m++) {
-            idx[cw + m] = wb0 + m;
-            idx[cw + ni + m] = wb1 + m;
-        }
-        for (i64 m = 0; m < 2 * ni; m++) {
-            if ((u64)idx[cw + m] >= (u64)tsize) bad = 1, idx[cw + m] = 0;
-            dot += (u64)x[m] * (u64)k->t[idx[cw + m]];
+        for (i64 s = 0; s < ns; s++) {
+            if (wbase[s] < 0 || wbase[s] > tsize - ni) bad = 1, wbase[s] = 0;
+            const i64 *w = k->t + wbase[s];
+            for (i64 m = 0; m < ni; m++) dot += (u64)x[m] * (u64)w[m];
+            /* sets other than A take the next bit's weights from the next row */
+            if (s && bit < 7 && wbase[s] + 2 * ni <= tsize)
+                for (i64 m = 0; m < ni; m += 8) __builtin_prefetch(w + ni + m);
         }
         i64 d = asr((i64)dot, 16);
         d = d < -2047 ? -2047 : (d > 2047 ? 2047 : d);
@@ -422,7 +466,8 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
     u64 *t = (u64 *)k->t; /* adds wrap, as numpy's int64 adds do */
     for (i64 i = 0; i < n; i++) {
         const i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
-        const i64 *x = k->x + i * 2 * ni;
+        i64 ns = k->prm[P_NSETS];
+        const i64 *x = k->x + i * ns * ni, *wbase = k->wbase + i * ns;
         i64 yi = y[i];
         /* Counters (contexts, match, APM points): toward the bit by 1/(count + 1.5). */
         for (i64 j = 0; j < cw; j++) {
@@ -433,9 +478,11 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
         }
         /* Mixer: gradient step on coding cost, err in 12-bit probability units. */
         i64 err = (yi << 12) - k->p12[i];
-        for (i64 m = 0; m < 2 * ni; m++) {
-            i64 dw = asr((i64)((u64)x[m] * (u64)err + (u64)round), shift);
-            t[idx[cw + m]] += (u64)dw;
+        u64 dw[ni];
+        for (i64 m = 0; m < ni; m++) dw[m] = (u64)asr((i64)((u64)x[m] * (u64)err + (u64)round), shift);
+        for (i64 s = 0; s < ns; s++) {
+            u64 *w = t + wbase[s];
+            for (i64 m = 0; m < ni; m++) w[m] += dw[m];
         }
     }
     /* Partial byte and nibble; the match stays on only while its bits were right. */

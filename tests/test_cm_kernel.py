@@ -109,6 +109,14 @@ def test_kernel_matches_numpy_at_other_levels_and_default_tables(level: int) -> 
     lockstep_compare(a, b, cut(loghub("Apache_2k.log", 0, 4000), 16, seed=level))
 
 
+@pytest.mark.parametrize("mixer_contexts", [(), ("match",), ("column", "above")])
+def test_kernel_matches_numpy_with_other_mixer_selectors(mixer_contexts: tuple[str, ...]) -> None:
+    # The default (all selectors) runs in every other test; these are subsets, and the
+    # empty one is how archives made before the extra weight sets decode.
+    a, b = pair(**SMALL, mixer_contexts=mixer_contexts)
+    lockstep_compare(a, b, cut(loghub("Mac_2k.log", 2000, 2000), 5, seed=3))
+
+
 def test_kernel_matches_numpy_after_reset() -> None:
     a, b = pair(**SMALL, contexts=("o2", "word", "field"), match_min=8, mixer_shift=6)
     data = loghub("HPC_2k.log", 3000, 1500)

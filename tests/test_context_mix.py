@@ -220,8 +220,18 @@ def test_descriptor_round_trip_rebuilds_an_identical_predictor() -> None:
 def test_descriptor_names_every_bitstream_parameter() -> None:
     desc = small().descriptor()
     assert desc["name"] == "cm" and desc["version"] == 1
-    assert set(desc["params"]) == set(context_mix._PARAM_NAMES)
+    assert set(desc["params"]) == context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     assert small().model_id != small(mixer_shift=12).model_id
+    assert small().model_id != small(mixer_contexts=("field",)).model_id
+
+
+def test_descriptor_without_mixer_contexts_means_none() -> None:
+    # Archives made before the extra weight sets carry no "mixer_contexts": they used none.
+    old = small(mixer_contexts=())
+    desc = old.descriptor()
+    assert "mixer_contexts" not in desc["params"]
+    assert from_descriptor(desc).mixer_contexts == ()
+    assert from_descriptor(small().descriptor()).mixer_contexts == context_mix.DEFAULT_MIXER_SELECTORS
 
 
 def _bad(**changes: Any) -> dict[str, Any]:
@@ -255,6 +265,10 @@ def _bad(**changes: Any) -> dict[str, Any]:
         pytest.param(_bad(contexts=[]), id="no_context"),
         pytest.param(_bad(contexts="o1"), id="contexts_not_list"),
         pytest.param(_bad(contexts=["o2", "o1"]), id="non_canonical_order"),
+        pytest.param(_bad(mixer_contexts=["field", "bogus"]), id="unknown_mixer_context"),
+        pytest.param(_bad(mixer_contexts=["column", "field"]), id="non_canonical_mixer_order"),
+        pytest.param(_bad(mixer_contexts=[]), id="empty_mixer_contexts_spelled_out"),
+        pytest.param(_bad(mixer_contexts="field"), id="mixer_contexts_not_list"),
     ],
 )
 def test_from_descriptor_rejects_bad_descriptors(desc: Any) -> None:
@@ -305,11 +319,12 @@ def test_module_calls_no_float_transcendental() -> None:
         assert name not in src
 
 
-# The eleven contexts of the first level 3: archives made with them must keep decoding,
-# so their tables stay pinned by the first golden file; the current default has its own.
+# The eleven contexts of the first level 3 (and no extra mixer weight sets): archives
+# made with them must keep decoding, so their tables stay pinned by the first golden
+# file; the current default has its own.
 FIRST_LEVEL3 = ("o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field")
 GOLDENS = {
-    "first_level3": (GOLDEN, {"contexts": FIRST_LEVEL3}),
+    "first_level3": (GOLDEN, {"contexts": FIRST_LEVEL3, "mixer_contexts": ()}),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }
 
