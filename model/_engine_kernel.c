@@ -533,8 +533,75 @@ static void norm_row(const i64 *x, int C, const Sc *sc, i16 *h, int Kp) {
     for (int c = C; c < Kp; c++) h[c] = 0;
 }
 
-/* x += clip-free residual: x = clip(x + requant(acc), +-RES_LIMIT) */
-static void add_residual(i64 *x, int C, const i32 *acc, const Lin *L) {
+#ifdef TZ_X86
+/* requant of 4 int32 accumulators by 4 multipliers (|M| < 2**31, checked at init, so
+ * vpmuldq's signed 32 x 32 -> 64 product is exact and |acc * M + half| < 2**63: the
+ * scalar code's uint64 wrap never happens); asr(x, s) = ~lsr(~x, s) for x < 0. */
+__attribute__((target("avx2"))) static inline __m256i rq4(const i32 *acc, const i64 *m,
+                                                          __m256i half, __m128i sh) {
+    __m256i a = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)acc));
+    __m256i x = _mm256_add_epi64(_mm256_mul_epi32(a, _mm256_loadu_si256((const __m256i *)m)),
+                                 half);
+    __m256i neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), x);
+    return _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(x, neg), sh), neg);
+}
+
+__attribute__((target("avx2"))) static inline __m256i clip4(__m256i y, __m256i lo,
+                                                            __m256i hi) {
+    y = _mm256_blendv_epi8(y, lo, _mm256_cmpgt_epi64(lo, y));
+    return _mm256_blendv_epi8(y, hi, _mm256_cmpgt_epi64(y, hi));
+}
+
+__attribute__((target("avx2"))) static void rq_row_avx2(const i32 *acc, const i64 *m, int s,
+                                                        int n, i64 lo, i64 hi, i16 *out) {
+    __m256i half = _mm256_set1_epi64x((i64)1 << (s - 1)), vlo = _mm256_set1_epi64x(lo);
+    __m256i vhi = _mm256_set1_epi64x(hi), pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m128i sh = _mm_cvtsi32_si128(s);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m256i y = clip4(rq4(acc + i, m + i, half, sh), vlo, vhi); /* fits int16 */
+        __m128i y32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(y, pick));
+        _mm_storel_epi64((__m128i *)(out + i), _mm_packs_epi32(y32, y32));
+    }
+    for (; i < n; i++) out[i] = (i16)clip(rq(acc[i], m[i], s), lo, hi);
+}
+
+__attribute__((target("avx2"))) static void add_residual_avx2(i64 *x, int C, const i32 *acc,
+                                                              const i64 *m, int s) {
+    __m256i half = _mm256_set1_epi64x((i64)1 << (s - 1));
+    __m256i lo = _mm256_set1_epi64x(-RES_LIMIT), hi = _mm256_set1_epi64x(RES_LIMIT);
+    __m128i sh = _mm_cvtsi32_si128(s);
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+        __m256i y = _mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(x + c)),
+                                     rq4(acc + c, m + c, half, sh)); /* wraps as numpy */
+        _mm256_storeu_si256((__m256i *)(x + c), clip4(y, lo, hi));
+    }
+    for (; c < C; c++)
+        x[c] = clip((i64)((u64)x[c] + (u64)rq(acc[c], m[c], s)), -RES_LIMIT, RES_LIMIT);
+}
+#endif
+
+/* out[i] = clip(requant(acc[i], m[i], s), lo, hi) as int16, for lo, hi within int16 */
+static void rq_row(const Kernel *k, const i32 *acc, const i64 *m, int s, int n, i64 lo, i64 hi,
+                   i16 *out) {
+#ifdef TZ_X86
+    if (k->simd) {
+        rq_row_avx2(acc, m, s, n, lo, hi, out);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) out[i] = (i16)clip(rq(acc[i], m[i], s), lo, hi);
+}
+
+/* x = clip(x + requant(acc), +-RES_LIMIT) */
+static void add_residual(const Kernel *k, i64 *x, int C, const i32 *acc, const Lin *L) {
+#ifdef TZ_X86
+    if (k->simd) {
+        add_residual_avx2(x, C, acc, L->m, L->s);
+        return;
+    }
+#endif
     for (int c = 0; c < C; c++)
         x[c] = clip((i64)((u64)x[c] + (u64)rq(acc[c], L->m[c], L->s)), -RES_LIMIT, RES_LIMIT);
 }
@@ -575,14 +642,13 @@ static void mlp_block(const Kernel *k, const Layer *ly, i64 *x, int rows, i16 *h
     for (int r = 0; r < rows; r++) norm_row(x + (size_t)r * C, C, &ly->n2, h + (size_t)r * k->Cp, k->Cp);
     gemm(k, h, rows, k->Cp, &ly->fc, acc);
     for (int r = 0; r < rows; r++) {
-        const i32 *a = acc + (size_t)r * ly->fc.Np;
         i16 *o = hid + (size_t)r * k->Fp;
-        for (int f = 0; f < F; f++) o[f] = (i16)clip(rq(a[f], ly->fc.m[f], ly->fc.s), 0, QMAX);
+        rq_row(k, acc + (size_t)r * ly->fc.Np, ly->fc.m, ly->fc.s, F, 0, QMAX, o); /* ReLU */
         for (int f = F; f < k->Fp; f++) o[f] = 0;
     }
     gemm(k, hid, rows, k->Fp, &ly->down, acc);
     for (int r = 0; r < rows; r++)
-        add_residual(x + (size_t)r * C, C, acc + (size_t)r * ly->down.Np, &ly->down);
+        add_residual(k, x + (size_t)r * C, C, acc + (size_t)r * ly->down.Np, &ly->down);
 }
 
 /* ---- scratch ---------------------------------------------------------------------- */
@@ -592,11 +658,13 @@ typedef struct {
     i16 *h, *q, *o, *hid;
     int8_t *kt, *v;
     i32 *acc, *s, *idx;
+    u32 *row;
+    i64 *ids;
     void *mem;
 } Scratch;
 
-/* rows: rows per call; keys: key slots of one head (T or W); kv: also allocate a
- * (H, hdp, rows) K/V store for the parallel pass. */
+/* rows: rows per call; keys: key slots of one head; kv: also allocate the parallel pass's
+ * per-layer key/value windows of `keys` slots. */
 static int scratch_alloc(const Kernel *k, Scratch *sc, size_t rows, size_t keys, int kv) {
     size_t nmax = (size_t)k->head.Np;
     for (int l = 0; l < k->L; l++) {
@@ -607,12 +675,12 @@ static int scratch_alloc(const Kernel *k, Scratch *sc, size_t rows, size_t keys,
             if (ns[i] > nmax) nmax = ns[i];
     }
     size_t zn = keys > (size_t)k->V ? keys : (size_t)k->V;
-    size_t kvn = kv ? (size_t)k->H * k->hdp * rows : 0;
-    size_t sizes[11] = {rows * k->C * 8, zn * 8, rows * k->Cp * 2, rows * k->H * k->hdp * 2,
+    size_t kvn = kv ? (size_t)k->L * k->H * k->hdp * keys : 0;
+    size_t sizes[13] = {rows * k->C * 8, zn * 8, rows * k->Cp * 2, rows * k->H * k->hdp * 2,
                         rows * k->Cp * 2, rows * k->Fp * 2, kvn, kvn, rows * nmax * 4,
-                        keys * 4, keys * 4};
-    size_t total = 0, off[11];
-    for (int i = 0; i < 11; i++) {
+                        keys * 4, keys * 4, (size_t)k->V * 4 * (rows > 0 ? rows : 1), rows * 8};
+    size_t total = 0, off[13];
+    for (int i = 0; i < 13; i++) {
         off[i] = total;
         total += (sizes[i] + 63) & ~(size_t)63;
     }
@@ -630,6 +698,8 @@ static int scratch_alloc(const Kernel *k, Scratch *sc, size_t rows, size_t keys,
     sc->acc = (i32 *)(mem + off[8]);
     sc->s = (i32 *)(mem + off[9]);
     sc->idx = (i32 *)(mem + off[10]);
+    sc->row = (u32 *)(mem + off[11]);
+    sc->ids = (i64 *)(mem + off[12]);
     memset(sc->q, 0, sizes[3]); /* head padding stays 0 */
     return 0;
 }
@@ -647,8 +717,8 @@ static void embed_rows(const Kernel *k, const i64 *ids, int rows, i64 *x) {
 
 /* ---- step mode -------------------------------------------------------------------- */
 
-/* Streams [b0, b1) of a step at position t. kc, vc: (L, B, H, hdp * W) int8 caches
- * (keys as [hp][W][2], values as [W][hdp]). */
+/* Streams [b0, b1) of a step at position t: ids[0..b1-b0) in, out[0..b1-b0) tables.
+ * kc, vc: (L, B, H, hdp * W) int8 caches (keys as [hp][W][2], values as [W][hdp]). */
 static void run_step(const Kernel *k, const i64 *ids, int b0, int b1, int B, i64 t,
                      int8_t *kc, int8_t *vc, u32 *out, Scratch *sc) {
     int rows = b1 - b0, C = k->C, H = k->H, hd = k->hd, hdp = k->hdp, W = k->W;
@@ -663,26 +733,24 @@ static void run_step(const Kernel *k, const i64 *ids, int b0, int b1, int B, i64
         rg.j0[0] = 0, rg.j1[0] = slot + 1, rg.base[0] = slot;
         rg.j0[1] = slot + 1, rg.j1[1] = W, rg.base[1] = (i64)slot + W;
     }
-    embed_rows(k, ids + b0, rows, sc->x);
+    embed_rows(k, ids, rows, sc->x);
     for (int l = 0; l < k->L; l++) {
         const Layer *ly = &k->layers[l];
         for (int r = 0; r < rows; r++)
             norm_row(sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
         gemm(k, sc->h, rows, k->Cp, &ly->qkv, sc->acc);
         for (int r = 0; r < rows; r++) {
-            const i32 *a = sc->acc + (size_t)r * ly->qkv.Np;
-            const i64 *m = ly->qkv.m;
-            int qs = ly->qkv.s;
+            i16 y[3 * 1040 + 16]; /* q, k, v of this row */
+            rq_row(k, sc->acc + (size_t)r * ly->qkv.Np, ly->qkv.m, ly->qkv.s, 3 * C, -QMAX, QMAX, y);
             size_t cb = ((size_t)l * B + b0 + r) * H * hstride;
             for (int hh = 0; hh < H; hh++) {
                 i16 *q = sc->q + ((size_t)r * H + hh) * hdp;
                 int8_t *kh = kc + cb + hh * hstride, *vh = vc + cb + hh * hstride + (size_t)slot * hdp;
+                const i16 *yq = y + hh * hd, *yk = yq + C, *yv = yk + C;
                 for (int d = 0; d < hd; d++) {
-                    int c = hh * hd + d;
-                    q[d] = (i16)clip8(rq(a[c], m[c], qs));
-                    kh[((size_t)(d / 2) * W + slot) * 2 + (d & 1)] =
-                        (int8_t)clip8(rq(a[C + c], m[C + c], qs));
-                    vh[d] = (int8_t)clip8(rq(a[2 * C + c], m[2 * C + c], qs));
+                    q[d] = yq[d];
+                    kh[((size_t)(d / 2) * W + slot) * 2 + (d & 1)] = (int8_t)yk[d];
+                    vh[d] = (int8_t)yv[d];
                 }
             }
             for (int hh = 0; hh < H; hh++)
@@ -693,70 +761,140 @@ static void run_step(const Kernel *k, const i64 *ids, int b0, int b1, int B, i64
         }
         gemm(k, sc->o, rows, k->Cp, &ly->proj, sc->acc);
         for (int r = 0; r < rows; r++)
-            add_residual(sc->x + (size_t)r * C, C, sc->acc + (size_t)r * ly->proj.Np, &ly->proj);
+            add_residual(k, sc->x + (size_t)r * C, C, sc->acc + (size_t)r * ly->proj.Np, &ly->proj);
         mlp_block(k, ly, sc->x, rows, sc->h, sc->acc, sc->hid);
     }
     for (int r = 0; r < rows; r++)
         norm_row(sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
     gemm(k, sc->h, rows, k->Cp, &k->head, sc->acc);
     for (int r = 0; r < rows; r++)
-        tables_row(k, sc->acc + (size_t)r * k->head.Np, sc->z, out + (size_t)(b0 + r) * k->V);
+        tables_row(k, sc->acc + (size_t)r * k->head.Np, sc->z, out + (size_t)r * k->V);
 }
 
 /* ---- parallel mode ---------------------------------------------------------------- */
 
-/* One stream: ids (T,) inputs (BOS first) -> out (T, V) tables. */
-static void run_stream(const Kernel *k, const i64 *ids, int T, u32 *out, Scratch *sc) {
-    int C = k->C, H = k->H, hd = k->hd, hdp = k->hdp, W = k->W;
-    size_t hstride = (size_t)hdp * T;
-    embed_rows(k, ids, T, sc->x);
-    for (int l = 0; l < k->L; l++) {
-        const Layer *ly = &k->layers[l];
-        for (int r = 0; r < T; r++)
-            norm_row(sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
-        gemm(k, sc->h, T, k->Cp, &ly->qkv, sc->acc);
-        for (int r = 0; r < T; r++) {
-            const i32 *a = sc->acc + (size_t)r * ly->qkv.Np;
-            const i64 *m = ly->qkv.m;
-            int qs = ly->qkv.s;
-            for (int hh = 0; hh < H; hh++) {
-                i16 *q = sc->q + ((size_t)r * H + hh) * hdp;
-                int8_t *kh = sc->kt + hh * hstride, *vh = sc->v + hh * hstride + (size_t)r * hdp;
-                for (int d = 0; d < hd; d++) {
-                    int c = hh * hd + d;
-                    q[d] = (i16)clip8(rq(a[c], m[c], qs));
-                    kh[((size_t)(d / 2) * T + r) * 2 + (d & 1)] =
-                        (int8_t)clip8(rq(a[C + c], m[C + c], qs));
-                    vh[d] = (int8_t)clip8(rq(a[2 * C + c], m[2 * C + c], qs));
+/* Rows per block of the parallel pass: GEMM-shaped, and the scratch stays small. */
+#define BLOCK_ROWS 256
+
+/* Where a parallel pass puts its results: whole tables, or the coder's (start, freq) of
+ * the known next symbol (the encoder), at starts[r * stride]. */
+typedef struct {
+    u32 *tables;                 /* (T, V) or NULL */
+    const uint8_t *sym8;         /* next symbols (uint8 or uint16), row r codes sym[r] */
+    const uint16_t *sym16;
+    uint16_t *starts, *freqs;
+    size_t stride;
+} Sink;
+
+static void sink_row(const Kernel *k, const i32 *acc, i64 *z, u32 *row, const Sink *out,
+                     size_t r) {
+    if (out->tables) {
+        tables_row(k, acc, z, out->tables + r * k->V);
+        return;
+    }
+    tables_row(k, acc, z, row);
+    int sym = out->sym8 ? out->sym8[r] : out->sym16[r];
+    u32 start = 0;
+    for (int v = 0; v < sym; v++) start += row[v];
+    out->starts[r * out->stride] = (uint16_t)start; /* start < 2**16, freq < 2**16 */
+    out->freqs[r * out->stride] = (uint16_t)row[sym];
+}
+
+/* One stream: ids (T,) inputs (BOS first) -> results per row, BLOCK_ROWS rows at a time.
+ * Each layer keeps a window of the last W - 1 positions' keys and values (sc->kt, sc->v:
+ * per layer and head, keys [hp][cap][2] and values [cap][hdp], cap = W - 1 + BLOCK_ROWS),
+ * so a row sees exactly the keys of the band, as in the one-pass numpy code. */
+static void run_stream(const Kernel *k, const i64 *ids, int T, const Sink *out, Scratch *sc) {
+    int C = k->C, H = k->H, hd = k->hd, hdp = k->hdp, W = k->W, hp = hdp / 2;
+    size_t cap = (size_t)W - 1 + BLOCK_ROWS, hstride = (size_t)hdp * cap;
+    int filled = 0; /* positions held in every layer's window, ending at p0 */
+    for (int p0 = 0; p0 < T; p0 += BLOCK_ROWS) {
+        int rows = T - p0 < BLOCK_ROWS ? T - p0 : BLOCK_ROWS;
+        int keep = filled < W - 1 ? filled : W - 1;
+        embed_rows(k, ids + p0, rows, sc->x);
+        for (int l = 0; l < k->L; l++) {
+            const Layer *ly = &k->layers[l];
+            int8_t *kt = sc->kt + (size_t)l * H * hstride, *vv = sc->v + (size_t)l * H * hstride;
+            if (keep < filled) /* slide: the last `keep` positions to the front */
+                for (int hh = 0; hh < H; hh++) {
+                    for (int p = 0; p < hp; p++) {
+                        int8_t *row = kt + hh * hstride + (size_t)p * cap * 2;
+                        memmove(row, row + (size_t)(filled - keep) * 2, (size_t)keep * 2);
+                    }
+                    int8_t *vh = vv + hh * hstride;
+                    memmove(vh, vh + (size_t)(filled - keep) * hdp, (size_t)keep * hdp);
+                }
+            for (int r = 0; r < rows; r++)
+                norm_row(sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
+            gemm(k, sc->h, rows, k->Cp, &ly->qkv, sc->acc);
+            for (int r = 0; r < rows; r++) {
+                i16 y[3 * 1040 + 16]; /* q, k, v of this row */
+                rq_row(k, sc->acc + (size_t)r * ly->qkv.Np, ly->qkv.m, ly->qkv.s, 3 * C, -QMAX,
+                       QMAX, y);
+                size_t j = (size_t)keep + r;
+                for (int hh = 0; hh < H; hh++) {
+                    i16 *q = sc->q + ((size_t)r * H + hh) * hdp;
+                    int8_t *kh = kt + hh * hstride, *vh = vv + hh * hstride + j * hdp;
+                    const i16 *yq = y + hh * hd, *yk = yq + C, *yv = yk + C;
+                    for (int d = 0; d < hd; d++) {
+                        q[d] = yq[d];
+                        kh[((size_t)(d / 2) * cap + j) * 2 + (d & 1)] = (int8_t)yk[d];
+                        vh[d] = (int8_t)yv[d];
+                    }
+                    if (hd & 1) { /* the padding lane stays 0 */
+                        kh[((size_t)(hd / 2) * cap + j) * 2 + 1] = 0;
+                        vh[hd] = 0;
+                    }
                 }
             }
+            for (int r = 0; r < rows; r++) {
+                Ranges rg;
+                int qi = keep + r; /* the query's own slot: distance base - j */
+                rg.n = 1;
+                rg.j0[0] = qi - W + 1 > 0 ? qi - W + 1 : 0, rg.j1[0] = qi + 1, rg.base[0] = qi;
+                for (int hh = 0; hh < H; hh++)
+                    attend(k, ly, hh, sc->q + ((size_t)r * H + hh) * hdp, kt + hh * hstride,
+                           cap, vv + hh * hstride, &rg, sc->s, sc->idx, sc->z,
+                           sc->o + (size_t)r * k->Cp + hh * hd);
+                for (int c = C; c < k->Cp; c++) sc->o[(size_t)r * k->Cp + c] = 0;
+            }
+            gemm(k, sc->o, rows, k->Cp, &ly->proj, sc->acc);
+            for (int r = 0; r < rows; r++)
+                add_residual(k, sc->x + (size_t)r * C, C, sc->acc + (size_t)r * ly->proj.Np,
+                             &ly->proj);
+            mlp_block(k, ly, sc->x, rows, sc->h, sc->acc, sc->hid);
         }
-        if (hd & 1) /* zero the padding lane of keys and values */
-            for (int hh = 0; hh < H; hh++)
-                for (int r = 0; r < T; r++) {
-                    sc->kt[hh * hstride + ((size_t)(hd / 2) * T + r) * 2 + 1] = 0;
-                    sc->v[hh * hstride + (size_t)r * hdp + hd] = 0;
-                }
-        for (int r = 0; r < T; r++) {
-            Ranges rg;
-            rg.n = 1;
-            rg.j0[0] = r - W + 1 > 0 ? r - W + 1 : 0, rg.j1[0] = r + 1, rg.base[0] = r;
-            for (int hh = 0; hh < H; hh++)
-                attend(k, ly, hh, sc->q + ((size_t)r * H + hh) * hdp, sc->kt + hh * hstride,
-                       (size_t)T, sc->v + hh * hstride, &rg, sc->s, sc->idx, sc->z,
-                       sc->o + (size_t)r * k->Cp + hh * hd);
-            for (int c = C; c < k->Cp; c++) sc->o[(size_t)r * k->Cp + c] = 0;
-        }
-        gemm(k, sc->o, T, k->Cp, &ly->proj, sc->acc);
-        for (int r = 0; r < T; r++)
-            add_residual(sc->x + (size_t)r * C, C, sc->acc + (size_t)r * ly->proj.Np, &ly->proj);
-        mlp_block(k, ly, sc->x, T, sc->h, sc->acc, sc->hid);
+        filled = keep + rows;
+        for (int r = 0; r < rows; r++)
+            norm_row(sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
+        gemm(k, sc->h, rows, k->Cp, &k->head, sc->acc);
+        for (int r = 0; r < rows; r++)
+            sink_row(k, sc->acc + (size_t)r * k->head.Np, sc->z, sc->row, out, (size_t)(p0 + r));
     }
-    for (int r = 0; r < T; r++)
-        norm_row(sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
-    gemm(k, sc->h, T, k->Cp, &k->head, sc->acc);
-    for (int r = 0; r < T; r++)
-        tables_row(k, sc->acc + (size_t)r * k->head.Np, sc->z, out + (size_t)r * k->V);
+}
+
+/* ---- decoding (step mode + rANS) -------------------------------------------------- */
+
+#define RANS_L ((u64)1 << 16)
+
+/* One rANS decode of coder/rans.py's StreamDecoder.decode for one stream and one table
+ * row (summing to 2**fb, every entry >= 1): the symbol, the state updated in place. */
+static int rans_decode(const u32 *row, int V, int fb, i64 *x, i64 *cursor, i64 limit,
+                       const uint16_t *words) {
+    u64 xv = (u64)*x, slot = xv & (((u64)1 << fb) - 1), cum = 0;
+    int s = 0;
+    for (; s < V - 1; s++) { /* first s with cum[s] > slot (inclusive cumsum) */
+        if (cum + row[s] > slot) break;
+        cum += row[s];
+    }
+    u64 xn = (u64)row[s] * (xv >> fb) + slot - cum;
+    if (xn < RANS_L) {
+        i64 c = *cursor < limit ? *cursor : limit;
+        xn = (xn << 16) | words[c];
+        *cursor += 1;
+    }
+    *x = (i64)xn;
+    return s;
 }
 
 /* ---- Python glue ------------------------------------------------------------------ */
@@ -843,6 +981,24 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         LIN(self->head, b + 2, C, V);
         if (!IOFF(m[b + 5], lut_n)) goto bad;
         self->lut = ib + m[b + 5];
+        /* every multiplier within int32 (the checkpoint guarantees |M| < 2**30): the AVX2
+         * requant multiplies them in 32-bit lanes */
+        {
+            const Lin *lins[5];
+            for (i64 l = 0; l <= L; l++) {
+                int nl = 0;
+                if (l < L) {
+                    Layer *ly = &self->layers[l];
+                    lins[nl++] = &ly->qkv, lins[nl++] = &ly->proj, lins[nl++] = &ly->fc;
+                    lins[nl++] = &ly->down;
+                } else {
+                    lins[nl++] = &self->head;
+                }
+                for (int i = 0; i < nl; i++)
+                    for (int c = 0; c < lins[i]->N; c++)
+                        if (lins[i]->m[c] < INT32_MIN || lins[i]->m[c] > INT32_MAX) goto bad;
+            }
+        }
         if (self->lut[lut_n - 1] != 0 || self->lut[0] < 1 || self->lut[0] > 65536) goto bad;
     }
     self->simd = simd && cpu_avx2;
@@ -891,7 +1047,8 @@ static PyObject *Kernel_step(Kernel *self, PyObject *args) {
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        run_step(self, ids.buf, (int)b0, (int)b1, (int)B, t, kc.buf, vc.buf, out.buf, &sc);
+        run_step(self, (const i64 *)ids.buf + b0, (int)b0, (int)b1, (int)B, t, kc.buf, vc.buf,
+                 (u32 *)out.buf + (size_t)b0 * self->V, &sc);
         Py_END_ALLOW_THREADS
         free(sc.mem);
     }
@@ -905,6 +1062,10 @@ done:
     return ret;
 }
 
+static int stream_scratch(const Kernel *k, Scratch *sc) {
+    return scratch_alloc(k, sc, BLOCK_ROWS, (size_t)k->W - 1 + BLOCK_ROWS, 1);
+}
+
 /* forward(inputs int64 (B, T), T, out uint32 (B, T, V), b0=0, b1=B): the parallel pass of
  * rows [b0, b1), one stream at a time. */
 static PyObject *Kernel_forward(Kernel *self, PyObject *args) {
@@ -914,7 +1075,7 @@ static PyObject *Kernel_forward(Kernel *self, PyObject *args) {
     PyObject *ret = NULL;
     Py_ssize_t B = T > 0 ? ids.len / 8 / T : 0;
     if (b1 < 0) b1 = B;
-    if (ids.itemsize != 8 || out.itemsize != 4 || T < 0 || ids.len != B * T * 8 ||
+    if (ids.itemsize != 8 || out.itemsize != 4 || T < 0 || T > INT32_MAX || ids.len != B * T * 8 ||
         out.len != B * T * self->V * 4 || b0 < 0 || b1 > B || b0 > b1) {
         PyErr_SetString(PyExc_ValueError, "engine kernel forward: bad arrays");
         goto done;
@@ -922,14 +1083,15 @@ static PyObject *Kernel_forward(Kernel *self, PyObject *args) {
     if (check_ids(self, ids.buf, (size_t)(B * T))) goto done;
     if (T > 0 && b1 > b0) {
         Scratch sc;
-        if (scratch_alloc(self, &sc, (size_t)T, (size_t)T, 1)) {
+        if (stream_scratch(self, &sc)) {
             PyErr_NoMemory();
             goto done;
         }
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t b = b0; b < b1; b++)
-            run_stream(self, (const i64 *)ids.buf + b * T, (int)T,
-                       (u32 *)out.buf + (size_t)b * T * self->V, &sc);
+        for (Py_ssize_t b = b0; b < b1; b++) {
+            Sink sink = {(u32 *)out.buf + (size_t)b * T * self->V, NULL, NULL, NULL, NULL, 0};
+            run_stream(self, (const i64 *)ids.buf + b * T, (int)T, &sink, &sc);
+        }
         Py_END_ALLOW_THREADS
         free(sc.mem);
     }
@@ -938,6 +1100,158 @@ static PyObject *Kernel_forward(Kernel *self, PyObject *args) {
 done:
     PyBuffer_Release(&ids);
     PyBuffer_Release(&out);
+    return ret;
+}
+
+/* ranges(grid (B, T) uint8/uint16 symbols, lengths int64 (B,), starts, freqs uint16 (T, B),
+ * b0, b1): the encoder's symbol ranges. Stream b's inputs are BOS, grid[b, :len - 1];
+ * for t < lengths[b], (starts, freqs)[t, b] = the range of grid[b, t] in its table, as
+ * coder/rans.py's symbol_ranges gives it. */
+static PyObject *Kernel_ranges(Kernel *self, PyObject *args) {
+    Py_buffer grid, lens, st, fr;
+    Py_ssize_t b0, b1;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*nn", &grid, &lens, &st, &fr, &b0, &b1)) return NULL;
+    PyObject *ret = NULL;
+    i64 *ids = NULL;
+    Py_ssize_t B = lens.len / 8, T = B > 0 ? st.len / 2 / B : 0;
+    const i64 *len = lens.buf;
+    int g8 = grid.itemsize == 1;
+    if (lens.itemsize != 8 || (grid.itemsize != 1 && grid.itemsize != 2) ||
+        st.itemsize != 2 || fr.itemsize != 2 || st.len != fr.len || st.len != B * T * 2 ||
+        grid.len != B * T * grid.itemsize || b0 < 0 || b1 > B || b0 > b1 || T > INT32_MAX ||
+        self->fbits > 16) {
+        PyErr_SetString(PyExc_ValueError, "engine kernel ranges: bad arrays");
+        goto done;
+    }
+    for (Py_ssize_t b = 0; b < B; b++)
+        if (len[b] < 0 || len[b] > T) {
+            PyErr_SetString(PyExc_ValueError, "engine kernel ranges: bad lengths");
+            goto done;
+        }
+    for (Py_ssize_t i = 0; i < B * T; i++) {
+        int v = g8 ? ((const uint8_t *)grid.buf)[i] : ((const uint16_t *)grid.buf)[i];
+        if (v >= self->V) {
+            PyErr_SetString(PyExc_ValueError, "engine kernel ranges: symbol out of range");
+            goto done;
+        }
+    }
+    if (b1 > b0 && T > 0) {
+        Scratch sc;
+        ids = malloc((size_t)T * 8);
+        if (!ids || stream_scratch(self, &sc)) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t b = b0; b < b1; b++) {
+            i64 n = len[b];
+            if (!n) continue;
+            ids[0] = self->V; /* BOS */
+            for (i64 t = 1; t < n; t++)
+                ids[t] = g8 ? ((const uint8_t *)grid.buf)[b * T + t - 1]
+                            : ((const uint16_t *)grid.buf)[b * T + t - 1];
+            Sink sink = {NULL, g8 ? (const uint8_t *)grid.buf + b * T : NULL,
+                         g8 ? NULL : (const uint16_t *)grid.buf + b * T,
+                         (uint16_t *)st.buf + b, (uint16_t *)fr.buf + b, (size_t)B};
+            run_stream(self, ids, (int)n, &sink, &sc);
+        }
+        Py_END_ALLOW_THREADS
+        free(sc.mem);
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    free(ids);
+    PyBuffer_Release(&grid);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&st);
+    PyBuffer_Release(&fr);
+    return ret;
+}
+
+/* decode(grid (B, T) uint8/uint16, lengths int64 (B,), dec int64 (B,), x, cursor, limit
+ * int64 (D,), words uint16, k_cache, v_cache, t0, t1, b0, b1): steps [t0, t1) of grid rows
+ * [b0, b1) (lengths non-increasing): each step feeds BOS (t = 0) or grid[r, t - 1] to the
+ * engine; a row with dec[r] >= 0 then decodes grid[r, t] from its table with decoder stream
+ * dec[r] (coder/rans.py's state arrays, updated in place), other rows keep their known
+ * symbols. Rows are independent, so threads may run disjoint row ranges. */
+static PyObject *Kernel_decode(Kernel *self, PyObject *args) {
+    Py_buffer grid, lens, dec, xs, cur, lim, words, kc, vc;
+    Py_ssize_t t0, t1, b0, b1;
+    if (!PyArg_ParseTuple(args, "w*y*y*w*w*y*y*w*w*nnnn", &grid, &lens, &dec, &xs, &cur, &lim,
+                          &words, &kc, &vc, &t0, &t1, &b0, &b1))
+        return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t B = lens.len / 8, T = B > 0 ? grid.len / grid.itemsize / B : 0;
+    Py_ssize_t D = xs.len / 8, nw = words.len / 2;
+    size_t per_layer_stream = (size_t)self->H * self->hdp * self->W;
+    const i64 *len = lens.buf, *dc = dec.buf, *lm = lim.buf;
+    int g8 = grid.itemsize == 1;
+    if (lens.itemsize != 8 || (grid.itemsize != 1 && grid.itemsize != 2) ||
+        dec.len != lens.len || xs.itemsize != 8 || cur.len != xs.len || lim.len != xs.len ||
+        words.itemsize != 2 || nw < 1 || kc.itemsize != 1 || vc.len != kc.len ||
+        (size_t)kc.len != (size_t)B * per_layer_stream * self->L || t0 < 0 || t1 > T ||
+        t0 > t1 || b0 < 0 || b1 > B || b0 > b1 || self->fbits > 16) {
+        PyErr_SetString(PyExc_ValueError, "engine kernel decode: bad arrays");
+        goto done;
+    }
+    for (Py_ssize_t b = 0; b < B; b++)
+        if (len[b] < 0 || len[b] > T || (b && len[b] > len[b - 1]) || dc[b] >= D ||
+            (dc[b] >= 0 && (lm[dc[b]] < 0 || lm[dc[b]] >= nw))) {
+            PyErr_SetString(PyExc_ValueError, "engine kernel decode: bad lengths or streams");
+            goto done;
+        }
+    if (b1 > b0 && t1 > t0) {
+        Scratch sc;
+        if (scratch_alloc(self, &sc, (size_t)(b1 - b0), (size_t)self->W, 0)) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        int bad = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t t = t0; t < t1 && !bad; t++) {
+            Py_ssize_t end = b0;
+            while (end < b1 && len[end] > t) end++;
+            if (end == b0) break;
+            for (Py_ssize_t r = b0; r < end; r++) {
+                i64 id = t == 0 ? self->V
+                         : (g8 ? ((uint8_t *)grid.buf)[r * T + t - 1]
+                               : ((uint16_t *)grid.buf)[r * T + t - 1]);
+                if (id > self->V) bad = 1; /* a known symbol out of range */
+                sc.ids[r - b0] = id;
+            }
+            if (bad) break;
+            run_step(self, sc.ids, (int)b0, (int)end, (int)B, t, kc.buf, vc.buf, sc.row, &sc);
+            for (Py_ssize_t r = b0; r < end; r++) {
+                i64 d = dc[r];
+                if (d < 0) continue;
+                int s = rans_decode(sc.row + (size_t)(r - b0) * self->V, self->V, self->fbits,
+                                    (i64 *)xs.buf + d, (i64 *)cur.buf + d, lm[d], words.buf);
+                if (g8)
+                    ((uint8_t *)grid.buf)[r * T + t] = (uint8_t)s;
+                else
+                    ((uint16_t *)grid.buf)[r * T + t] = (uint16_t)s;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        free(sc.mem);
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "engine kernel decode: symbol out of range");
+            goto done;
+        }
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&grid);
+    PyBuffer_Release(&lens);
+    PyBuffer_Release(&dec);
+    PyBuffer_Release(&xs);
+    PyBuffer_Release(&cur);
+    PyBuffer_Release(&lim);
+    PyBuffer_Release(&words);
+    PyBuffer_Release(&kc);
+    PyBuffer_Release(&vc);
     return ret;
 }
 
@@ -953,6 +1267,8 @@ static PyGetSetDef Kernel_getset[] = {
 static PyMethodDef Kernel_methods[] = {
     {"step", (PyCFunction)Kernel_step, METH_VARARGS, "one step of streams [b0, b1)"},
     {"forward", (PyCFunction)Kernel_forward, METH_VARARGS, "parallel pass of rows [b0, b1)"},
+    {"ranges", (PyCFunction)Kernel_ranges, METH_VARARGS, "the encoder's symbol ranges"},
+    {"decode", (PyCFunction)Kernel_decode, METH_VARARGS, "steps + rANS decode of rows"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -587,6 +587,45 @@ class Engine:
         self._t += 1
         return self._tables(x[:, 0])
 
+    # ---- whole frames (compiled only) ----------------------------------------------
+
+    def symbol_ranges(self, grid: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray,
+                                                                            np.ndarray]:
+        """The encoder's rANS ranges, compiled engine only: grid (B, T) uint8/uint16
+        symbols (row b holds lengths[b] of them) -> (starts, freqs) (T, B) uint16 with
+        the range of grid[b, t] in the table after BOS, grid[b, :t] (0 past the end).
+
+        Equal to coder.rans.symbol_ranges over ``tables_parallel``'s tables, without
+        materialising (B, T, V) tables; each stream runs in one thread, in blocks of rows.
+        """
+        if self._kernel is None:
+            raise UsageError("symbol_ranges needs the compiled engine")
+        grid = np.ascontiguousarray(grid)
+        lengths = np.ascontiguousarray(lengths, dtype=I64)
+        b, t = grid.shape
+        starts = np.zeros((t, b), dtype=np.uint16)
+        freqs = np.zeros((t, b), dtype=np.uint16)
+        ranges = self._kernel.ranges  # type: ignore[attr-defined]
+        self._split(lambda b0, b1: ranges(grid, lengths, starts, freqs, b0, b1), b, 1)
+        return starts, freqs
+
+    def decode_steps(self, grid: np.ndarray, lengths: np.ndarray, decoder_of_row: np.ndarray,
+                     state: tuple[np.ndarray, ...], t0: int, t1: int) -> None:
+        """Steps t0..t1-1 of a frame in the compiled engine, decoding in place: grid (B, T)
+        uint8/uint16, lengths (B,) non-increasing; row r feeds BOS or grid[r, t-1] and,
+        where decoder_of_row[r] >= 0, decodes grid[r, t] with that stream of ``state`` =
+        StreamDecoder.raw_state() (x, cursor, limit, words), exactly as its ``decode``.
+        Call ``reset(B)`` first; rows are split over threads for whole blocks of steps."""
+        if self._kernel is None or self._kv is None:
+            raise UsageError("decode_steps needs the compiled engine and reset()")
+        x, cursor, limit, words = state
+        k_cache, v_cache = self._kv
+        decode = self._kernel.decode  # type: ignore[attr-defined]
+        n = int(np.count_nonzero(lengths > t0))
+        self._split(lambda b0, b1: decode(grid, lengths, decoder_of_row, x, cursor, limit,
+                                          words, k_cache, v_cache, t0, t1, b0, b1), n, 1)
+        self._t = t1
+
     def _check_ids(self, tokens: np.ndarray, *, allow_bos: bool) -> None:
         top = self.bos if allow_bos else self.bos - 1
         if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > top):

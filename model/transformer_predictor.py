@@ -1,4 +1,11 @@
-"""TransformerPredictor: the integer engine behind the container's Predictor protocol."""
+"""TransformerPredictor: the integer engine behind the container's Predictor protocol.
+
+With the compiled engine, whole frames skip the lockstep loop of coder/frames.py (which
+stays the reference, and the path without it): the encoder gets every symbol's range from
+the engine's parallel pass (``encode_frame``), the decoder runs engine steps and rANS
+decoding in C (``decode_frame``), threads each taking a group of streams. Payloads and
+symbols are identical (tests/test_engine_kernel.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from typing import Any
 import numpy as np
 from tinyzip.model.checkpoint import Checkpoint
 from tinyzip.model.engine import Engine
-from tinyzip.model.predictor import Predictor
+from tinyzip.model.predictor import Predictor, active_counts
 
 from tinyzip.errors import UsageError
 
@@ -20,9 +27,10 @@ class TransformerPredictor(Predictor):
     alone, and a stream's tables depend only on its own preceding symbols.
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy") -> None:
+    def __init__(self, checkpoint: Checkpoint, *, backend: str = "numpy",
+                 compiled: bool | None = None) -> None:
         self.checkpoint = checkpoint
-        self.engine = Engine(checkpoint, backend=backend)
+        self.engine = Engine(checkpoint, backend=backend, compiled=compiled)
         self.name = checkpoint.name
         self.n_symbols = checkpoint.config.vocab_size
         self.freq_bits = checkpoint.config.freq_bits
@@ -64,6 +72,44 @@ class TransformerPredictor(Predictor):
                              f"predict(), got {symbols.shape[0]}")
         self._inputs[: symbols.shape[0]] = symbols
         self._predicted = None
+
+    #: Steps per compiled decode call: progress is reported between blocks.
+    DECODE_BLOCK = 4096
+
+    def encode_frame(self, grid: np.ndarray, lengths: np.ndarray,
+                     on_step: Any = None) -> list[bytes] | None:
+        """Payloads of a whole frame from the compiled parallel pass (None without it)."""
+        if not self.engine.compiled or grid.dtype not in (np.uint8, np.uint16):
+            return None
+        from tinyzip.coder.rans import encode_streams  # the encoder's own coder
+
+        lengths = np.asarray(lengths, dtype=np.int64)
+        starts, freqs = self.engine.symbol_ranges(grid, lengths)
+        if on_step is not None:
+            on_step(grid.shape[1], grid.shape[1])
+        self._predicted = None
+        return encode_streams(starts, freqs, lengths, freq_bits=self.freq_bits)
+
+    def decode_frame(self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray,
+                     decoder: Any, on_step: Any = None) -> bool:
+        """Decode grid rows ``rows`` in place with the compiled engine (False without it)."""
+        if (not self.engine.compiled or grid.dtype not in (np.uint8, np.uint16)
+                or decoder.freq_bits != self.freq_bits or not grid.flags.c_contiguous):
+            return False
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        n_rows, n_steps = grid.shape
+        decoder_of_row = np.full(n_rows, -1, dtype=np.int64)
+        decoder_of_row[rows] = np.arange(rows.size, dtype=np.int64)
+        self.begin(n_rows)
+        state = decoder.raw_state()
+        for t0 in range(0, n_steps, self.DECODE_BLOCK):
+            t1 = min(n_steps, t0 + self.DECODE_BLOCK)
+            self.engine.decode_steps(grid, lengths, decoder_of_row, state, t0, t1)
+            if on_step is not None:
+                on_step(t1, n_steps)
+        decoder.account(active_counts(lengths[rows], 0, n_steps))
+        return True
 
     def tables_for_streams(self, streams: Sequence[np.ndarray], *,
                            max_tokens: int = 1 << 15) -> list[np.ndarray]:

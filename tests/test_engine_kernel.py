@@ -28,6 +28,8 @@ from tinyzip.model.checkpoint import (
 )
 from tinyzip.model.config import ModelConfig
 from tinyzip.model.engine import Engine, compiled_available
+from tinyzip.model.predictor import active_counts
+from tinyzip.model.transformer_predictor import TransformerPredictor
 
 pytestmark = pytest.mark.skipif(not compiled_available(),
                                 reason="tinyzip.model._engine_kernel was not built")
@@ -148,6 +150,84 @@ def test_threads_and_shrinking_batches_do_not_change_tables(
         n = 13 if i < 20 else (9 if i < 35 else 2)  # streams finish, as in the coder
         assert np.array_equal(engine.step(inputs[:n]), reference[:n, i])
         inputs = tokens[:, i]
+
+
+@pytest.mark.parametrize(("window", "t"), [(11, 600), (300, 700)])
+def test_stream_pass_blocks_equal_one_pass(tmp_path: Path, window: int, t: int) -> None:
+    """The compiled parallel pass runs 256 rows at a time with a sliding key window:
+    windows shorter and longer than a block, sequences over several blocks."""
+    config = ModelConfig(vocab_size=256, d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                         window=window)
+    ckpt = save_checkpoint(tmp_path / "w.tzm", config=config,
+                           tensors=_trained_ish(config, 11),
+                           tokenizer_table=byte_tokenizer_table(), meta={"name": "w"})
+    tokens = _tokens(2, 256, t=t, seed=8)
+    reference = Engine(ckpt, compiled=False).tables_parallel(tokens)
+    for simd in (True, False):
+        assert np.array_equal(_compiled(ckpt, simd=simd).tables_parallel(tokens), reference)
+    # and the step mode past several ring wraps
+    assert np.array_equal(_step_tables(_compiled(ckpt, simd=True), tokens), reference)
+
+
+def _frame(config_name: str, tmp: Path, dtype: type) -> tuple[Checkpoint, np.ndarray,
+                                                              np.ndarray]:
+    ckpt = _checkpoint(tmp, config_name, seed=6)
+    lengths = np.array([300, 300, 299, 120, 120, 7, 1, 0], dtype=np.int64)  # non-increasing
+    grid = _tokens(8, ckpt.config.vocab_size, t=300, seed=12).astype(dtype)
+    for row, n in enumerate(lengths):
+        grid[row, n:] = 0
+    return ckpt, grid, lengths
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize(("config_name", "dtype"), [("small_like", np.uint8),
+                                                     ("wide_head_bpe", np.uint16)])
+def test_compiled_frame_coding_equals_the_lockstep_loop(tmp_path: Path, config_name: str,
+                                                        dtype: type, threads: int) -> None:
+    from tinyzip.coder.frames import FrameEncoder
+    from tinyzip.coder.rans import StreamDecoder
+
+    ckpt, grid, lengths = _frame(config_name, tmp_path, dtype)
+    reference = TransformerPredictor(ckpt, compiled=False)
+    expected = FrameEncoder(reference)._lockstep_payloads(
+        grid, active_counts(lengths, 0, grid.shape[1]), lengths, None)
+    fast = TransformerPredictor(ckpt, compiled=True)
+    fast.engine.threads = threads
+    steps: list[int] = []
+    assert fast.encode_frame(grid, lengths, lambda t, n: steps.append(t)) == expected
+    assert steps and steps[-1] == grid.shape[1]
+    assert reference.encode_frame(grid, lengths) is None  # numpy: the reference loop
+    # decode the model rows; rows 1 and 4 are "known" (stored chunks): kept, stepped through
+    rows = np.array([0, 2, 3, 5, 6, 7], dtype=np.int64)
+    out = grid.copy()
+    out[rows] = 0
+    decoder = StreamDecoder([expected[r] for r in rows], freq_bits=16)
+    fast.engine.threads = threads
+    assert fast.decode_frame(out, lengths, rows, decoder)
+    decoder.finish()  # every stream ended where its encoder started
+    assert np.array_equal(out, grid)
+    assert not reference.decode_frame(out, lengths, rows, StreamDecoder(
+        [expected[r] for r in rows], freq_bits=16))
+
+
+def test_compiled_decoder_survives_damaged_payloads(tmp_path: Path) -> None:
+    from tinyzip.coder.rans import StreamDecoder
+
+    from tinyzip.errors import CorruptInputError
+
+    ckpt, grid, lengths = _frame("small_like", tmp_path, np.uint8)
+    payloads = TransformerPredictor(ckpt).encode_frame(grid, lengths)
+    assert payloads is not None
+    rng = np.random.default_rng(0)
+    damaged = [bytes(rng.integers(0, 256, size=len(p), dtype=np.uint8)) for p in payloads]
+    damaged[1] = damaged[1][:3]  # malformed: shorter than the state
+    out = np.zeros_like(grid)
+    rows = np.arange(8, dtype=np.int64)
+    decoder = StreamDecoder(damaged, freq_bits=16)
+    assert TransformerPredictor(ckpt).decode_frame(out, lengths, rows, decoder)
+    assert int(out.max()) < 256
+    with pytest.raises(CorruptInputError):
+        decoder.finish()
 
 
 def test_golden_hash_holds_for_the_compiled_engine(tmp_path: Path) -> None:
