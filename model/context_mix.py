@@ -222,8 +222,8 @@ class ContextMixPredictor(Predictor):
         match_min: int = 6,
         counter_limit: int = 255,
         mixer_shift: int = 13,
-        mixer_init: int = 1 << 14,
-        apm_limit: int = 12,
+        mixer_init: int = 8000,
+        apm_limit: int = 127,
         mixer_contexts: tuple[str, ...] | list[str] | None = None,
         compiled: bool | None = None,
     ) -> None:
