@@ -244,11 +244,11 @@ static void scores_c(const i16 *q, int hp, const int8_t *kt, size_t ks, int j0, 
     }
 }
 
-/* acc[d] += sum_i P[i] v[idx[i]][d] over the n nonzero probabilities; v rows of hdp int8. */
-static void pv_c(const i32 *P, const i32 *idx, int n, const int8_t *v, int hdp, i32 *acc) {
-    for (int i = 0; i < n; i++) {
-        i32 p = P[i];
-        const int8_t *vj = v + (size_t)idx[i] * hdp;
+/* acc[d] += sum_j P[j] v[j][d] for j in [j0, j1); v rows of hdp int8. */
+static void pv_c(const i32 *P, const int8_t *v, int hdp, int j0, int j1, i32 *acc) {
+    for (int j = j0; j < j1; j++) {
+        i32 p = P[j];
+        const int8_t *vj = v + (size_t)j * hdp;
         for (int d = 0; d < hdp; d++) acc[d] += p * vj[d];
     }
 }
@@ -291,17 +291,17 @@ __attribute__((target("avx2"))) static inline __m256i v8(const int8_t *v) {
     return _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)v));
 }
 
-__attribute__((target("avx2"))) static void pv_avx2(const i32 *P, const i32 *idx, int n,
-                                                    const int8_t *v, int hdp, i32 *acc) {
+__attribute__((target("avx2"))) static void pv_avx2(const i32 *P, const int8_t *v, int hdp,
+                                                    int j0, int j1, i32 *acc) {
     int d0 = 0;
     for (; d0 + 32 <= hdp; d0 += 32) {
         __m256i c0 = _mm256_loadu_si256((const __m256i *)(acc + d0)), c1, c2, c3;
         c1 = _mm256_loadu_si256((const __m256i *)(acc + d0 + 8));
         c2 = _mm256_loadu_si256((const __m256i *)(acc + d0 + 16));
         c3 = _mm256_loadu_si256((const __m256i *)(acc + d0 + 24));
-        for (int i = 0; i < n; i++) {
-            __m256i p = _mm256_set1_epi32(P[i]);
-            const int8_t *vj = v + (size_t)idx[i] * hdp + d0;
+        for (int j = j0; j < j1; j++) {
+            __m256i p = _mm256_set1_epi32(P[j]);
+            const int8_t *vj = v + (size_t)j * hdp + d0;
             c0 = _mm256_add_epi32(c0, _mm256_mullo_epi32(p, v8(vj)));
             c1 = _mm256_add_epi32(c1, _mm256_mullo_epi32(p, v8(vj + 8)));
             c2 = _mm256_add_epi32(c2, _mm256_mullo_epi32(p, v8(vj + 16)));
@@ -316,9 +316,9 @@ __attribute__((target("avx2"))) static void pv_avx2(const i32 *P, const i32 *idx
         __m256i c0 = _mm256_loadu_si256((const __m256i *)(acc + d0)), c1, c2;
         c1 = _mm256_loadu_si256((const __m256i *)(acc + d0 + 8));
         c2 = _mm256_loadu_si256((const __m256i *)(acc + d0 + 16));
-        for (int i = 0; i < n; i++) {
-            __m256i p = _mm256_set1_epi32(P[i]);
-            const int8_t *vj = v + (size_t)idx[i] * hdp + d0;
+        for (int j = j0; j < j1; j++) {
+            __m256i p = _mm256_set1_epi32(P[j]);
+            const int8_t *vj = v + (size_t)j * hdp + d0;
             c0 = _mm256_add_epi32(c0, _mm256_mullo_epi32(p, v8(vj)));
             c1 = _mm256_add_epi32(c1, _mm256_mullo_epi32(p, v8(vj + 8)));
             c2 = _mm256_add_epi32(c2, _mm256_mullo_epi32(p, v8(vj + 16)));
@@ -330,14 +330,14 @@ __attribute__((target("avx2"))) static void pv_avx2(const i32 *P, const i32 *idx
     }
     for (; d0 + 8 <= hdp; d0 += 8) {
         __m256i c0 = _mm256_loadu_si256((const __m256i *)(acc + d0));
-        for (int i = 0; i < n; i++)
-            c0 = _mm256_add_epi32(c0, _mm256_mullo_epi32(_mm256_set1_epi32(P[i]),
-                                                         v8(v + (size_t)idx[i] * hdp + d0)));
+        for (int j = j0; j < j1; j++)
+            c0 = _mm256_add_epi32(c0, _mm256_mullo_epi32(_mm256_set1_epi32(P[j]),
+                                                         v8(v + (size_t)j * hdp + d0)));
         _mm256_storeu_si256((__m256i *)(acc + d0), c0);
     }
     for (; d0 < hdp; d0++) {
         i32 c = acc[d0];
-        for (int i = 0; i < n; i++) c += P[i] * v[(size_t)idx[i] * hdp + d0];
+        for (int j = j0; j < j1; j++) c += P[j] * v[(size_t)j * hdp + d0];
         acc[d0] = c;
     }
 }
@@ -411,30 +411,19 @@ __attribute__((target("avx2"))) static i64 exp_avx2(const i64 *lut, int last, i6
     return Z;
 }
 
-/* P = (e * R) >> 32 for e = z[j0..j1) (0 <= e <= 2**16) and R < 2**32: vpmuludq's
- * unsigned 32 x 32 -> 64 product is exact. Appends the nonzero ones to (s, idx) from n. */
-__attribute__((target("avx2"))) static int probs_avx2(const i64 *z, i64 R, int j0, int j1,
-                                                      i32 *s, i32 *idx, int n) {
+/* P[j] = (e[j] * R) >> 32 for e = z[j0..j1) (0 <= e <= 2**16) and R < 2**32: vpmuludq's
+ * unsigned 32 x 32 -> 64 product is exact. */
+__attribute__((target("avx2"))) static void probs_avx2(const i64 *z, i64 R, int j0, int j1,
+                                                      i32 *P) {
     int j = j0;
-    __m256i r = _mm256_set1_epi64x(R);
+    __m256i r = _mm256_set1_epi64x(R), pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     for (; j + 4 <= j1; j += 4) {
         __m256i p = _mm256_srli_epi64(
             _mm256_mul_epu32(_mm256_loadu_si256((const __m256i *)(z + j)), r), PROB_BITS + 16);
-        i64 t[4];
-        _mm256_storeu_si256((__m256i *)t, p);
-        for (int i = 0; i < 4; i++) {
-            s[n] = (i32)t[i];
-            idx[n] = j + i;
-            n += t[i] != 0;
-        }
+        _mm_storeu_si128((__m128i *)(P + j),
+                         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(p, pick)));
     }
-    for (; j < j1; j++) {
-        i32 p = (i32)((z[j] * R) >> (PROB_BITS + 16));
-        s[n] = p;
-        idx[n] = j;
-        n += p != 0;
-    }
-    return n;
+    for (; j < j1; j++) P[j] = (i32)((z[j] * R) >> (PROB_BITS + 16));
 }
 #endif
 
@@ -446,10 +435,9 @@ typedef struct {
 } Ranges;
 
 /* One head of one query: q (hdp int16), keys kt (int8 [hp][ks][2]), values v (int8
- * [ks][hdp]) -> o[0..hd) int8 values. s, idx: int32 scratch of ks entries; z: int64. */
+ * [ks][hdp]) -> o[0..hd) int8 values. s: int32, z: int64 scratch of ks entries. */
 static void attend(const Kernel *k, const Layer *ly, int h, const i16 *q, const int8_t *kt,
-                   size_t ks, const int8_t *v, const Ranges *rg, i32 *s, i32 *idx, i64 *z,
-                   i16 *o) {
+                   size_t ks, const int8_t *v, const Ranges *rg, i32 *s, i64 *z, i16 *o) {
     int hp = k->hdp / 2, last = k->lut_n - 1;
     i64 A = ly->alibi[h], M = ly->score_m, half = (i64)1 << (ly->score_s - 1);
     int S = ly->score_s;
@@ -472,7 +460,8 @@ static void attend(const Kernel *k, const Layer *ly, int h, const i16 *q, const 
             if (zz > zmax) zmax = zz;
         }
     }
-    /* zmax - z >= 0 (zmax is their max; |z| < 2**62 after the shift, so no wrap) */
+    /* e = lut[min(zmax - z, last)] in place of z; zmax - z >= 0 (zmax is their max, and
+     * |z| < 2**62 after the shift: no wrap) */
     i64 Z = 0;
     for (int r = 0; r < rg->n; r++) {
 #ifdef TZ_X86
@@ -484,54 +473,32 @@ static void attend(const Kernel *k, const Layer *ly, int h, const i16 *q, const 
         for (int j = rg->j0[r]; j < rg->j1[r]; j++) {
             u64 d = (u64)zmax - (u64)z[j];
             d = d < (u64)last ? d : (u64)last; /* branch-free: a cmov */
-            i64 e = k->lut[d];
-            z[j] = e;
-            Z += e;
+            z[j] = k->lut[d];
+            Z += z[j];
         }
     }
     /* Q16 probabilities via one reciprocal; e <= 2**16 <= Z, so e * R < 2**49. Keys of
-     * probability 0 add exactly 0: only the others are kept (branch-free compaction). */
+     * probability 0 go through P @ V too (adding exactly 0): in trained models most keys
+     * of the window have P > 0, and skipping the others costs more than it saves. */
     i64 R = ((i64)1 << (2 * PROB_BITS + 16)) / Z;
-    int n = 0;
+    i32 acc[1040 + 16];
+    memset(acc, 0, sizeof(i32) * (size_t)k->hdp);
     for (int r = 0; r < rg->n; r++) {
         int j0 = rg->j0[r], j1 = rg->j1[r];
 #ifdef TZ_X86
         if (k->simd && R < ((i64)1 << 32)) {
-            n = probs_avx2(z, R, j0, j1, s, idx, n);
+            probs_avx2(z, R, j0, j1, s);
+            pv_avx2(s, v, k->hdp, j0, j1, acc);
             continue;
         }
 #endif
-        for (int j = j0; j < j1; j++) {
-            i32 p = (i32)asr(z[j] * R, PROB_BITS + 16);
-            s[n] = p;
-            idx[n] = j;
-            n += p != 0;
-        }
+        for (int j = j0; j < j1; j++) s[j] = (i32)asr(z[j] * R, PROB_BITS + 16);
+        pv_c(s, v, k->hdp, j0, j1, acc);
     }
-    i32 acc[1040 + 16];
-    memset(acc, 0, sizeof(i32) * (size_t)k->hdp);
-#ifdef TZ_X86
-    if (k->simd)
-        pv_avx2(s, idx, n, v, k->hdp, acc);
-    else
-#endif
-        pv_c(s, idx, n, v, k->hdp, acc);
     for (int d = 0; d < k->hd; d++) o[d] = (i16)clip8(rq(acc[d], ly->pv_m, ly->pv_s));
 }
 
 /* ---- per-row pieces --------------------------------------------------------------- */
-
-static void norm_row(const i64 *x, int C, const Sc *sc, i16 *h, int Kp) {
-    u64 ss = 0;
-    for (int c = 0; c < C; c++) ss += (u64)x[c] * (u64)x[c];
-    i64 ms = (i64)ss / C + 1; /* numpy: (sum x*x) // C + 1, sum >= 0 */
-    i64 inv = ((i64)1 << INV_BITS) / isqrt64(ms);
-    for (int c = 0; c < C; c++) {
-        i64 y = asr((i64)((u64)x[c] * (u64)inv), INV_BITS - NORM_FRAC_BITS);
-        h[c] = (i16)clip8(rq(y, sc->m[c], sc->s));
-    }
-    for (int c = C; c < Kp; c++) h[c] = 0;
-}
 
 #ifdef TZ_X86
 /* requant of 4 int32 accumulators by 4 multipliers (|M| < 2**31, checked at init, so
@@ -606,7 +573,112 @@ static void add_residual(const Kernel *k, i64 *x, int C, const i32 *acc, const L
         x[c] = clip((i64)((u64)x[c] + (u64)rq(acc[c], L->m[c], L->s)), -RES_LIMIT, RES_LIMIT);
 }
 
+#ifdef TZ_X86
+/* The norm's x / rms and requant for |x| <= 2**26 (every residual after its first clip):
+ * (x * inv) >> 20 = x * ih + ((x * il) >> 20) with inv = ih * 2**20 + il (exact: the first
+ * term is a multiple of 2**20), both products exact in vpmuldq; |y| < 2**26 (numerics.md),
+ * so rq4 applies. */
+__attribute__((target("avx2"))) static void norm_apply_avx2(const i64 *x, int C, i64 inv,
+                                                            const i64 *m, int s, i16 *h) {
+    __m256i ih = _mm256_set1_epi64x(inv >> 20), il = _mm256_set1_epi64x(inv & 0xFFFFF);
+    __m256i half = _mm256_set1_epi64x((i64)1 << (s - 1)), zero = _mm256_setzero_si256();
+    __m256i lo = _mm256_set1_epi64x(-QMAX), hi = _mm256_set1_epi64x(QMAX);
+    __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m128i sh = _mm_cvtsi32_si128(s), sh20 = _mm_cvtsi32_si128(20);
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + c));
+        __m256i b = _mm256_mul_epi32(xv, il), nb = _mm256_cmpgt_epi64(zero, b);
+        b = _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(b, nb), sh20), nb);
+        __m256i y = _mm256_add_epi64(_mm256_mul_epi32(xv, ih), b);
+        __m256i t = _mm256_add_epi64(
+            _mm256_mul_epi32(y, _mm256_loadu_si256((const __m256i *)(m + c))), half);
+        __m256i nt = _mm256_cmpgt_epi64(zero, t);
+        t = _mm256_xor_si256(_mm256_srl_epi64(_mm256_xor_si256(t, nt), sh), nt);
+        t = clip4(t, lo, hi);
+        __m128i t32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(t, pick));
+        _mm_storel_epi64((__m128i *)(h + c), _mm_packs_epi32(t32, t32));
+    }
+    for (; c < C; c++) {
+        i64 y = asr((i64)((u64)x[c] * (u64)inv), INV_BITS - NORM_FRAC_BITS);
+        h[c] = (i16)clip8(rq(y, m[c], s));
+    }
+}
+
+/* The head's tables (see tables_row) in 4 lanes. */
+__attribute__((target("avx2"))) static void tables_row_avx2(const Kernel *k, const i32 *acc,
+                                                            i64 *z, u32 *out) {
+    int V = k->V, s = k->head.s, v = 0, top = 0;
+    const i64 *m = k->head.m;
+    __m256i half = _mm256_set1_epi64x((i64)1 << (s - 1)), mx = _mm256_set1_epi64x(INT64_MIN);
+    __m128i sh = _mm_cvtsi32_si128(s);
+    for (; v + 4 <= V; v += 4) {
+        __m256i y = rq4(acc + v, m + v, half, sh);
+        _mm256_storeu_si256((__m256i *)(z + v), y);
+        mx = _mm256_blendv_epi8(mx, y, _mm256_cmpgt_epi64(y, mx));
+    }
+    i64 t4[4], zmax = INT64_MIN;
+    _mm256_storeu_si256((__m256i *)t4, mx);
+    for (int i = 0; i < 4; i++)
+        if (t4[i] > zmax) zmax = t4[i];
+    for (; v < V; v++) {
+        z[v] = rq(acc[v], m[v], s);
+        if (z[v] > zmax) zmax = z[v];
+    }
+    while (z[top] != zmax) top++; /* the first index of the max, as np.argmax */
+    i64 Z = exp_avx2(k->lut, k->lut_n - 1, zmax, z, 0, V);
+    i64 total = (i64)1 << k->fbits, budget = total - V;
+    i64 R = (budget << 32) / Z, sum = 0; /* budget < 2**16 <= Z: R < 2**32, vpmuludq exact */
+    __m256i r = _mm256_set1_epi64x(R), one = _mm256_set1_epi64x(1), acc4 = _mm256_setzero_si256();
+    __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    for (v = 0; v + 4 <= V; v += 4) {
+        __m256i f = _mm256_add_epi64(
+            one, _mm256_srli_epi64(_mm256_mul_epu32(_mm256_loadu_si256((const __m256i *)(z + v)), r), 32));
+        acc4 = _mm256_add_epi64(acc4, f);
+        _mm_storeu_si128((__m128i *)(out + v),
+                         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(f, pick)));
+    }
+    _mm256_storeu_si256((__m256i *)t4, acc4);
+    sum = t4[0] + t4[1] + t4[2] + t4[3];
+    for (; v < V; v++) {
+        i64 f = 1 + asr(z[v] * R, 32);
+        out[v] = (u32)f;
+        sum += f;
+    }
+    out[top] = (u32)((i64)out[top] + (total - sum));
+}
+#endif
+
+static void norm_row(const Kernel *k, const i64 *x, int C, const Sc *sc, i16 *h, int Kp) {
+    u64 ss = 0;
+    int small = 1;
+    for (int c = 0; c < C; c++) {
+        ss += (u64)x[c] * (u64)x[c];
+        small &= x[c] >= -RES_LIMIT && x[c] <= RES_LIMIT;
+    }
+    i64 ms = (i64)ss / C + 1; /* numpy: (sum x*x) // C + 1, sum >= 0 */
+    /* ms < 1 only if the sum wrapped (|x| >= 2**31, never from a valid export): numpy's
+     * isqrt raises there; the kernel just stays defined */
+    i64 inv = ((i64)1 << INV_BITS) / isqrt64(ms < 1 ? 1 : ms);
+#ifdef TZ_X86
+    if (k->simd && small)
+        norm_apply_avx2(x, C, inv, sc->m, sc->s, h);
+    else
+#endif
+        for (int c = 0; c < C; c++) {
+            i64 y = asr((i64)((u64)x[c] * (u64)inv), INV_BITS - NORM_FRAC_BITS);
+            h[c] = (i16)clip8(rq(y, sc->m[c], sc->s));
+        }
+    for (int c = C; c < Kp; c++) h[c] = 0;
+}
+
 static void tables_row(const Kernel *k, const i32 *acc, i64 *z, u32 *out) {
+#ifdef TZ_X86
+    if (k->simd) {
+        tables_row_avx2(k, acc, z, out);
+        return;
+    }
+#endif
     int V = k->V, last = k->lut_n - 1, top = 0;
     i64 zmax = INT64_MIN;
     for (int v = 0; v < V; v++) {
@@ -639,7 +711,7 @@ static void tables_row(const Kernel *k, const i32 *acc, i64 *z, u32 *out) {
 static void mlp_block(const Kernel *k, const Layer *ly, i64 *x, int rows, i16 *h, i32 *acc,
                       i16 *hid) {
     int C = k->C, F = k->F;
-    for (int r = 0; r < rows; r++) norm_row(x + (size_t)r * C, C, &ly->n2, h + (size_t)r * k->Cp, k->Cp);
+    for (int r = 0; r < rows; r++) norm_row(k, x + (size_t)r * C, C, &ly->n2, h + (size_t)r * k->Cp, k->Cp);
     gemm(k, h, rows, k->Cp, &ly->fc, acc);
     for (int r = 0; r < rows; r++) {
         i16 *o = hid + (size_t)r * k->Fp;
@@ -737,7 +809,7 @@ static void run_step(const Kernel *k, const i64 *ids, int b0, int b1, int B, i64
     for (int l = 0; l < k->L; l++) {
         const Layer *ly = &k->layers[l];
         for (int r = 0; r < rows; r++)
-            norm_row(sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
+            norm_row(k, sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
         gemm(k, sc->h, rows, k->Cp, &ly->qkv, sc->acc);
         for (int r = 0; r < rows; r++) {
             i16 y[3 * 1040 + 16]; /* q, k, v of this row */
@@ -755,7 +827,7 @@ static void run_step(const Kernel *k, const i64 *ids, int b0, int b1, int B, i64
             }
             for (int hh = 0; hh < H; hh++)
                 attend(k, ly, hh, sc->q + ((size_t)r * H + hh) * hdp, kc + cb + hh * hstride,
-                       (size_t)W, vc + cb + hh * hstride, &rg, sc->s, sc->idx, sc->z,
+                       (size_t)W, vc + cb + hh * hstride, &rg, sc->s, sc->z,
                        sc->o + (size_t)r * k->Cp + hh * hd);
             for (int c = C; c < k->Cp; c++) sc->o[(size_t)r * k->Cp + c] = 0;
         }
@@ -765,7 +837,7 @@ static void run_step(const Kernel *k, const i64 *ids, int b0, int b1, int B, i64
         mlp_block(k, ly, sc->x, rows, sc->h, sc->acc, sc->hid);
     }
     for (int r = 0; r < rows; r++)
-        norm_row(sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
+        norm_row(k, sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
     gemm(k, sc->h, rows, k->Cp, &k->head, sc->acc);
     for (int r = 0; r < rows; r++)
         tables_row(k, sc->acc + (size_t)r * k->head.Np, sc->z, out + (size_t)r * k->V);
@@ -825,7 +897,7 @@ static void run_stream(const Kernel *k, const i64 *ids, int T, const Sink *out, 
                     memmove(vh, vh + (size_t)(filled - keep) * hdp, (size_t)keep * hdp);
                 }
             for (int r = 0; r < rows; r++)
-                norm_row(sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
+                norm_row(k, sc->x + (size_t)r * C, C, &ly->n1, sc->h + (size_t)r * k->Cp, k->Cp);
             gemm(k, sc->h, rows, k->Cp, &ly->qkv, sc->acc);
             for (int r = 0; r < rows; r++) {
                 i16 y[3 * 1040 + 16]; /* q, k, v of this row */
@@ -854,7 +926,7 @@ static void run_stream(const Kernel *k, const i64 *ids, int T, const Sink *out, 
                 rg.j0[0] = qi - W + 1 > 0 ? qi - W + 1 : 0, rg.j1[0] = qi + 1, rg.base[0] = qi;
                 for (int hh = 0; hh < H; hh++)
                     attend(k, ly, hh, sc->q + ((size_t)r * H + hh) * hdp, kt + hh * hstride,
-                           cap, vv + hh * hstride, &rg, sc->s, sc->idx, sc->z,
+                           cap, vv + hh * hstride, &rg, sc->s, sc->z,
                            sc->o + (size_t)r * k->Cp + hh * hd);
                 for (int c = C; c < k->Cp; c++) sc->o[(size_t)r * k->Cp + c] = 0;
             }
@@ -866,7 +938,7 @@ static void run_stream(const Kernel *k, const i64 *ids, int T, const Sink *out, 
         }
         filled = keep + rows;
         for (int r = 0; r < rows; r++)
-            norm_row(sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
+            norm_row(k, sc->x + (size_t)r * C, C, &k->nf, sc->h + (size_t)r * k->Cp, k->Cp);
         gemm(k, sc->h, rows, k->Cp, &k->head, sc->acc);
         for (int r = 0; r < rows; r++)
             sink_row(k, sc->acc + (size_t)r * k->head.Np, sc->z, sc->row, out, (size_t)(p0 + r));
@@ -997,6 +1069,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
                 for (int i = 0; i < nl; i++)
                     for (int c = 0; c < lins[i]->N; c++)
                         if (lins[i]->m[c] < INT32_MIN || lins[i]->m[c] > INT32_MAX) goto bad;
+                const Sc *norms[2] = {l < L ? &self->layers[l].n1 : &self->nf,
+                                      l < L ? &self->layers[l].n2 : &self->nf};
+                for (int i = 0; i < 2; i++)
+                    for (int c = 0; c < C; c++)
+                        if (norms[i]->m[c] < INT32_MIN || norms[i]->m[c] > INT32_MAX) goto bad;
             }
         }
         if (self->lut[lut_n - 1] != 0 || self->lut[0] < 1 || self->lut[0] > 65536) goto bad;
