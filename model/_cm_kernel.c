@@ -49,11 +49,12 @@ typedef uint64_t u64;
 #define H1 0x9E3779B97F4A7C15ULL
 #define H2 0xC2B2AE3D27D4EB4FULL
 #define H3 0x165667B19E3779F9ULL
+#define TEMPLATE_DIGITS 0x1234 /* what a digit run adds to the template hash */
 
 /* Context kinds (the `kinds` parameter): each context's position in CONTEXT_NAMES
  * (context_mix.py), 0..6 order-k, then the log-structure ones. */
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
-       K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_LAST = K_SHAPEFIELD };
+       K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17, K_LAST = K_TEMPLATE };
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -80,7 +81,7 @@ enum {
     A_ABASE, A_CTXV, A_EBIT, A_MIDX, A_WSEL, A_WSEL2, A_P12,
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
-    A_SELOFF, A_SELKINDS,
+    A_SELOFF, A_SELKINDS, A_TMPL,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -88,7 +89,7 @@ static const char *array_names[N_ARRAYS] = {
     "hist", "mtab", "mlen", "mptr", "mok", "idx", "val", "pcl", "x", "wbase", "blk",
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
-    "sel_off", "sel_kinds",
+    "sel_off", "sel_kinds", "tmpl",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -109,7 +110,7 @@ typedef struct {
     i64 prm[N_PARAMS];
     /* typed views of buf[] */
     i64 *t, *c0, *c0n, *col, *field, *line, *pline, *above, *mtab, *mlen, *mptr;
-    u64 *h8, *wordh, *pword, *ctxv;
+    u64 *h8, *wordh, *pword, *ctxv, *tmpl;
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
@@ -164,6 +165,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
         [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
         [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
+        [A_TMPL] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -192,6 +194,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->squash = V(A_SQUASH); self->recip = V(A_RECIP); self->mbucket = V(A_MBUCKET);
     self->wordbyte = V(A_WORDBYTE); self->lim = V(A_LIM); self->ctxoff = V(A_CTXOFF);
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
+    self->tmpl = V(A_TMPL);
 #undef V
     for (i64 j = 0; j < nc; j++)
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
@@ -285,6 +288,7 @@ static void byte_contexts(Kernel *k, i64 i) {
             break;
         }
         case K_ABOVE2: v = ((u64)k->above[i] << 16) | (h8 & 0xFFFF); break;
+        case K_TEMPLATE: v = (k->tmpl[i] + c1) * H3; break;
         case K_SHAPEFIELD: {
             u64 sig = 0;
             for (int m = 0; m < 4; m++) sig = (sig << 3) | BYTECLASS[(h8 >> (8 * m)) & 0xFF];
@@ -340,6 +344,15 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 wordh = k->wordh[i];
         if (!is_word && wordh != 0) k->pword[i] = wordh;
         k->wordh[i] = is_word ? (wordh + ub + 1) * H1 : 0;
+        /* The line's template: its bytes with every digit run as one marker. */
+        u64 prev = (h8 >> 8) & 0xFF;
+        int dig = byte >= '0' && byte <= '9', pdig = prev >= '0' && prev <= '9';
+        if (byte == 10)
+            k->tmpl[i] = 0;
+        else if (!dig)
+            k->tmpl[i] = (k->tmpl[i] + ub + 1) * H2;
+        else if (!pdig)
+            k->tmpl[i] = (k->tmpl[i] + TEMPLATE_DIGITS) * H2;
         if (byte == 10) {
             k->pline[i] = k->line[i];
             k->line[i] = pos + 1;
