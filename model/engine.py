@@ -20,12 +20,21 @@ Two modes, identical by construction (docs/numerics.md):
 ``step`` runs one token per stream with a ring-buffer KV cache of W slots (the decoder).
 Both reduce the same keys with the same integer operations; keys outside the window
 get weight exactly 0, which adds exactly 0 to the exact sums.
+
+The numpy code below is the reference. When the optional C extension
+``tinyzip.model._engine_kernel`` (model/_engine_kernel.c) is built, ``Engine`` runs both
+modes there instead (unless ``compiled=False`` or TINYZIP_PURE_NUMPY=1): the same integer
+operations, the matmuls as exact int32 sums instead of exact float32 ones, whole steps
+and passes in one call, streams split over threads; the tables are identical
+(docs/numerics.md, "The compiled engine"; tests/test_engine_kernel.py). It also serves
+the coder's whole-frame paths (``symbol_ranges``, ``decode_steps``).
 """
 
 from __future__ import annotations
 
 import math  # isqrt only: exact integer square root, no float
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -142,9 +151,11 @@ def compiled_available() -> bool:
 
 #: Output channels per packed weight block of the compiled engine (model/_engine_kernel.c).
 _PACK_COLS = 16
-#: The compiled step splits its streams over threads only with at least this many each
-#: (a thread hand-off costs about as much as a few streams' step).
-_MIN_STREAMS_PER_THREAD = 4
+#: The compiled step splits its streams over threads only with at least this many each:
+#: a hand-off costs ~50 us, and every step waits for its slowest part, which on a machine
+#: whose other cores are busy is often much slower (the whole-frame paths share work
+#: instead, see Engine._share).
+_MIN_STREAMS_PER_THREAD = 32
 
 
 def default_threads() -> int:
@@ -331,20 +342,49 @@ class Engine:
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._pool: ThreadPoolExecutor | None = None
 
+    def _workers(self) -> ThreadPoolExecutor:
+        """The helper threads (threads - 1), started on first use."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads - 1),
+                                            thread_name_prefix="tinyzip-engine")
+        return self._pool
+
     def _split(self, fn: Callable[[int, int], object], n: int, min_each: int) -> None:
         """fn(b0, b1) over [0, n) in up to ``threads`` contiguous parts, the first in this
-        thread (the kernel releases the GIL); parts write disjoint rows."""
+        thread (the kernel releases the GIL); parts write disjoint rows. For one step."""
         parts = max(1, min(self.threads, n // max(1, min_each)))
         if parts == 1:
             fn(0, n)
             return
-        if self._pool is None or self._pool._max_workers < parts - 1:
-            self._pool = ThreadPoolExecutor(max_workers=self.threads - 1,
-                                            thread_name_prefix="tinyzip-engine")
         cut = [n * i // parts for i in range(parts + 1)]
-        futures = [self._pool.submit(fn, cut[i], cut[i + 1]) for i in range(1, parts)]
+        futures = [self._workers().submit(fn, cut[i], cut[i + 1])
+                   for i in range(1, parts)]
         try:
             fn(cut[0], cut[1])
+        finally:
+            for f in futures:
+                f.result()
+
+    def _share(self, fn: Callable[[int, int], object], n: int, chunk: int) -> None:
+        """fn(b0, b1) over [0, n) in chunks of ``chunk`` rows that up to ``threads``
+        threads (this one included) take from a shared queue: on a machine whose other
+        cores are busy, a thread that gets less CPU simply takes fewer chunks. For long
+        work (whole streams, blocks of steps); rows are independent, any order will do."""
+        starts = iter(range(0, n, chunk))
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    b0 = next(starts, None)
+                if b0 is None:
+                    return
+                fn(b0, min(n, b0 + chunk))
+
+        helpers = min(self.threads, -(-n // chunk)) - 1
+        futures = [self._workers().submit(worker) for _ in range(helpers)]
+        try:
+            worker()
         finally:
             for f in futures:
                 f.result()
@@ -486,7 +526,7 @@ class Engine:
             tables = np.empty((b, t, self.n_symbols), dtype=np.uint32)
             ids = np.ascontiguousarray(inputs, dtype=I64)
             forward = self._kernel.forward  # type: ignore[attr-defined]
-            self._split(lambda b0, b1: forward(ids, t, tables, b0, b1), b, 1)
+            self._share(lambda b0, b1: forward(ids, t, tables, b0, b1), b, 1)
             return tables
         x = self._embed(inputs)  # (B, T, C)
         w = self.config.window
@@ -606,7 +646,7 @@ class Engine:
         starts = np.zeros((t, b), dtype=np.uint16)
         freqs = np.zeros((t, b), dtype=np.uint16)
         ranges = self._kernel.ranges  # type: ignore[attr-defined]
-        self._split(lambda b0, b1: ranges(grid, lengths, starts, freqs, b0, b1), b, 1)
+        self._share(lambda b0, b1: ranges(grid, lengths, starts, freqs, b0, b1), b, 1)
         return starts, freqs
 
     def decode_steps(self, grid: np.ndarray, lengths: np.ndarray, decoder_of_row: np.ndarray,
@@ -622,8 +662,11 @@ class Engine:
         k_cache, v_cache = self._kv
         decode = self._kernel.decode  # type: ignore[attr-defined]
         n = int(np.count_nonzero(lengths > t0))
-        self._split(lambda b0, b1: decode(grid, lengths, decoder_of_row, x, cursor, limit,
-                                          words, k_cache, v_cache, t0, t1, b0, b1), n, 1)
+        # chunks of at least 8 rows (each chunk re-reads the weights every step), about
+        # 2 per thread
+        chunk = max(8, -(-n // (2 * self.threads)))
+        self._share(lambda b0, b1: decode(grid, lengths, decoder_of_row, x, cursor, limit,
+                                          words, k_cache, v_cache, t0, t1, b0, b1), n, chunk)
         self._t = t1
 
     def _check_ids(self, tokens: np.ndarray, *, allow_bos: bool) -> None:
