@@ -201,6 +201,29 @@ def test_external_binary_is_driven_through_temp_files(tmp_path: Path) -> None:
     assert "cmix" in reg.codecs and "paq8px -8" in reg.skipped
 
 
+@pytest.mark.skipif(not runner.can_fork() or sys.platform != "linux", reason="fork + ru_maxrss")
+def test_external_binary_argv_and_memory_are_the_programs(tmp_path: Path) -> None:
+    # A fake "paq8px" that insists on paq8px v216's usage (-8 IN OUT, -d IN OUT) and touches
+    # 64 MiB: the bench's peak memory must be the program's, not the forked child's own RSS.
+    fake = tmp_path / "paq8px"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "_, mode, src, dst = sys.argv\n"
+        "assert mode in ('-8', '-d'), mode\n"
+        "ballast = b'\\x01' * (64 << 20)\n"
+        "data = open(src, 'rb').read()\n"
+        "open(dst, 'wb').write(b'P' + data if mode == '-8' else data[1:])\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    reg = codecs.registry(with_tinyzip=False, which=lambda p: str(fake) if p == "paq8px" else None)
+    (codec,) = reg.select(["paq8px"])
+    m = runner.measure(codec, LOG_LINES, file="a.log", isolate=True, timeout_s=60)
+    assert m.error is None and m.roundtrip is True
+    assert m.payload_bytes == len(LOG_LINES) + 1 and m.kind == "external"
+    assert m.peak_mem_bytes is not None and m.peak_mem_bytes >= 60 << 20
+
+
 def test_unknown_codec_name_is_a_usage_error(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _classic_only(monkeypatch)
     with pytest.raises(UsageError, match="unknown codec"):
