@@ -99,7 +99,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_LAST = S_MATCH 
 /* Integer parameters, in the order of the second tuple. */
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
-    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS,
+    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT,
     N_PARAMS
 };
 
@@ -118,11 +118,17 @@ typedef struct {
     i64 *cand, *key;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
+    /* The external input (P_NEXT = 1): cumulative tables (B, ext_k, 257) int64 of the
+     * bytes ext_first .. ext_first + ext_k - 1, bound by set_ext. */
+    Py_buffer ext;
+    int ext_held;
+    i64 ext_k, ext_first;
 } Kernel;
 
 static void Kernel_dealloc(Kernel *self) {
     for (int i = 0; i < N_ARRAYS; i++)
         if (self->held[i]) PyBuffer_Release(&self->buf[i]);
+    if (self->ext_held) PyBuffer_Release(&self->ext);
     PyMem_Free(self->cand);
     PyMem_Free(self->key);
     PyMem_Free(self->scratch);
@@ -145,7 +151,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     }
     i64 b = self->prm[P_B], nc = self->prm[P_NC], ni = self->prm[P_NI];
     i64 ncols = self->prm[P_NCOLS], cw = self->prm[P_CW], ns = self->prm[P_NSETS];
-    if (b < 0 || b > 65536 || nc < 1 || nc > K_LAST + 1 || ni != nc + 2 || cw != nc + 5 ||
+    i64 next = self->prm[P_NEXT];
+    if (b < 0 || b > 65536 || nc < 1 || nc > K_LAST + 1 || next < 0 || next > 1 ||
+        ni != nc + 2 + next || cw != nc + 5 ||
         ns < 2 || ns > S_LAST + 3 || ncols != cw + ns * ni || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
@@ -410,7 +418,22 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
 
 /* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
  * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
-static int predict_core(Kernel *k, i64 n, int bit, i64 *p16out) {
+/* The external input of stream i at byte `step`: stretch of P(next bit = 1) from the
+ * byte's table, as the exact ratio of two partial sums (ExternalInput in numpy).
+ * -1 when no table covers that byte. */
+static inline int ext_input(const Kernel *k, i64 i, i64 step, int bit, i64 c0, i64 *xout) {
+    i64 row = step - k->ext_first;
+    if (!k->ext_held || row < 0 || row >= k->ext_k) return -1;
+    const i64 *cum = (const i64 *)k->ext.buf + (i * k->ext_k + row) * 257;
+    i64 lo = (c0 - ((i64)1 << bit)) << (8 - bit), half = (i64)1 << (7 - bit);
+    i64 s = cum[lo + 2 * half] - cum[lo], s1 = cum[lo + 2 * half] - cum[lo + half];
+    i64 p = s > 0 && s1 >= 0 && s1 <= s ? (s1 * 4096 + s / 2) / s : 2048;
+    p = p < 1 ? 1 : (p > 4095 ? 4095 : p);
+    *xout = k->stretch[p];
+    return 0;
+}
+
+static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI], ncols = k->prm[P_NCOLS];
     i64 capm = k->prm[P_CAPM], cw = k->prm[P_CW], tsize = k->prm[P_TABLESIZE];
     i64 match_off = k->prm[P_MATCHOFF], w_off = k->prm[P_WOFF];
@@ -430,6 +453,7 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 *p16out) {
             pc[j] = clip_p(val[j]);
             x[j] = k->stretch[pc[j] >> (P_BITS - 12)];
         }
+        if (k->prm[P_NEXT] && ext_input(k, i, step, bit, c0, &x[nc + 1])) bad = 1;
         /* (numpy keeps a copy of the inputs and the weight indices per set, for one
          * np.add.at; here every set reads x[0..ni) and its weights from wbase) */
         /* Mixer: set A by partial byte and match state, set B by last byte and bit, then
@@ -520,9 +544,9 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
 }
 
 static PyObject *Kernel_predict(Kernel *k, PyObject *args) {
-    Py_ssize_t n, bit;
+    Py_ssize_t n, bit, step;
     Py_buffer out;
-    if (!PyArg_ParseTuple(args, "nnw*", &n, &bit, &out)) return NULL;
+    if (!PyArg_ParseTuple(args, "nnnw*", &n, &bit, &step, &out)) return NULL;
     if (n < 0 || n > k->prm[P_B] || bit < 0 || bit > 7 || out.len < n * 2 * 4 ||
         out.itemsize != 4) {
         PyBuffer_Release(&out);
@@ -530,13 +554,33 @@ static PyObject *Kernel_predict(Kernel *k, PyObject *args) {
         return NULL;
     }
     uint32_t *tab = out.buf;
-    int rc = predict_core(k, n, (int)bit, k->scratch);
+    int rc = predict_core(k, n, (int)bit, step, k->scratch);
     for (i64 i = 0; i < n; i++) {
         tab[i * 2 + 1] = (uint32_t)k->scratch[i];
         tab[i * 2] = (uint32_t)(65536 - k->scratch[i]);
     }
     PyBuffer_Release(&out);
     if (rc) return bad_state();
+    Py_RETURN_NONE;
+}
+
+static PyObject *Kernel_set_ext(Kernel *k, PyObject *args) {
+    PyObject *arr;
+    Py_ssize_t first;
+    if (!PyArg_ParseTuple(args, "On", &arr, &first)) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(arr, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    i64 b = k->prm[P_B] > 0 ? k->prm[P_B] : 1;
+    if (v.itemsize != 8 || v.len % (b * 257 * 8) || first < 0) {
+        PyBuffer_Release(&v);
+        PyErr_SetString(PyExc_ValueError, "Kernel.set_ext: want (B, K, 257) int64 tables");
+        return NULL;
+    }
+    if (k->ext_held) PyBuffer_Release(&k->ext);
+    k->ext = v;
+    k->ext_held = 1;
+    k->ext_k = v.len / (b * 257 * 8);
+    k->ext_first = first;
     Py_RETURN_NONE;
 }
 
@@ -644,7 +688,7 @@ static PyObject *Kernel_encode_run(Kernel *k, PyObject *args) {
     uint16_t *out = p16.buf;
     for (i64 t = t0; t < t1; t++) {
         i64 n = act[t - t0];
-        if (predict_core(k, n, (int)(t & 7), k->scratch)) {
+        if (predict_core(k, n, (int)(t & 7), t >> 3, k->scratch)) {
             bad_state();
             goto done;
         }
@@ -689,7 +733,7 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
         }
     for (i64 t = t0; t < t1; t++) {
         i64 n = act[t - t0], m = ma[t - t0];
-        if (predict_core(k, n, (int)(t & 7), k->scratch)) {
+        if (predict_core(k, n, (int)(t & 7), t >> 3, k->scratch)) {
             bad_state();
             goto done;
         }
@@ -804,7 +848,10 @@ done:
 
 static PyMethodDef Kernel_methods[] = {
     {"predict", (PyCFunction)Kernel_predict, METH_VARARGS,
-     "predict(n, bit, out): the (n, 2) uint32 tables of streams 0..n-1 into out."},
+     "predict(n, bit, step, out): the (n, 2) uint32 tables of streams 0..n-1 into out."},
+    {"set_ext", (PyCFunction)Kernel_set_ext, METH_VARARGS,
+     "set_ext(tables, first): the external input's cumulative tables (B, K, 257) int64 "
+     "for bytes first .. first + K - 1."},
     {"update", (PyCFunction)Kernel_update, METH_VARARGS,
      "update(y, n, bit, step): learn the bits y (n,) int64; per-nibble and per-byte work "
      "when the nibble or byte completes (step = position of the byte)."},

@@ -231,6 +231,7 @@ class ContextMixPredictor(Predictor):
         mixer_init: int = 8000,
         apm_limit: int = 127,
         mixer_contexts: tuple[str, ...] | list[str] | None = None,
+        external_input: bool = False,
         compiled: bool | None = None,
     ) -> None:
         if isinstance(level, str):  # "cm:2" on a command line
@@ -275,6 +276,11 @@ class ContextMixPredictor(Predictor):
         # Keep the canonical context order so descriptors compare equal.
         self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
         self.mixer_contexts = tuple(m for m in MIXER_SELECTORS if m in sel)
+        if not isinstance(external_input, bool):
+            raise ValueError(f"external_input must be true or false, got {external_input!r}")
+        # external_input: one more mixer input, P(next bit) from a 256-entry table per
+        # byte that the caller supplies (set_external): the transformer's distribution.
+        self.external_input = external_input
         self.table_bits = table_bits
         self.history_bits = history_bits
         self.match_hash_bits = match_hash_bits
@@ -307,9 +313,8 @@ class ContextMixPredictor(Predictor):
         pos += (1 << 16) * APM_POINTS
         self._w_off = pos
         self._n_ctx = len(self.contexts)
-        # Mixer inputs: one per context, the match model, a bias. A future input (the
-        # transformer's stretched bit probability) is one more column here.
-        self._n_inputs = self._n_ctx + 2
+        # Mixer inputs: one per context, the match model, the external input if any, a bias.
+        self._n_inputs = self._n_ctx + 2 + int(external_input)
         # Two weight sets are selected per bit and their dot products add up (a mixer
         # whose weights are shared along two contexts): set A by the partial byte and
         # the match bucket (1024 sets), set B by the last byte and the bit position
@@ -380,6 +385,8 @@ class ContextMixPredictor(Predictor):
         # Archives made before the extra weight sets have no such entry (= none).
         if self.mixer_contexts:
             desc["params"]["mixer_contexts"] = list(self.mixer_contexts)
+        if self.external_input:
+            desc["params"]["external_input"] = True
         return desc
 
     #: Compiled, a frame runs in C at the same speed whatever B is, and one stream
@@ -464,6 +471,9 @@ class ContextMixPredictor(Predictor):
         self._ctx_vals = np.zeros((b, self._n_ctx), dtype=np.uint64)
         self._predicted = -1
         self._p12 = np.zeros(b, dtype=np.int64)  # the mixer's output, kept for update
+        # External input: cumulative tables (B, K, 257) of bytes _ext_first.. (none yet).
+        self._ext = np.zeros((max(b, 1), 0, 257), dtype=np.int64)
+        self._ext_first = 0
         self._byte_contexts(b)
         self._kernel = self._bind_kernel() if self.compiled else None
 
@@ -484,7 +494,7 @@ class ContextMixPredictor(Predictor):
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
             self._match_off, self._w_off, self.table_bits, self.mixer_shift,
             self._ring_bits, self.match_min, self.match_hash_bits, self._table_size,
-            self._n_sets,
+            self._n_sets, int(self.external_input),
         )  # fmt: skip
         return _cm_kernel.Kernel(arrays, params)
 
@@ -645,7 +655,8 @@ class ContextMixPredictor(Predictor):
         self._n_prev = n
         if self._kernel is not None:
             out = np.empty((n, 2), dtype=np.uint32)
-            self._kernel.predict(n, self._bit, out)
+            self._check_external(n)
+            self._kernel.predict(n, self._bit, self._step, out)
             self._predicted = n
             return out
         return self._predict_numpy(n)
@@ -669,6 +680,44 @@ class ContextMixPredictor(Predictor):
         mlen = np.where(self._mok[:n], np.minimum(self._mlen[:n], 31), 0)
         return mlen * 2 + self._ebit[:n, bit]
 
+    def set_external(self, tables: np.ndarray, first_byte: int) -> None:
+        """Give the external input's tables for bytes ``first_byte ..`` of every stream.
+
+        ``tables``: (B, K, 256) nonnegative integer frequencies (rows with a positive
+        sum), the distribution of byte ``first_byte + k`` of each stream; predict reads
+        P(next bit = 1) from the row of the byte being coded, as the exact ratio of the
+        sum over the byte values that extend the partial byte with a 1 to the sum over
+        those that extend it (stretched like every other input).
+        """
+        if not self.external_input:
+            raise ValueError("this model has no external input")
+        tab = np.asarray(tables)
+        if tab.ndim != 3 or tab.shape[0] != max(self._b, 1) or tab.shape[2] != 256:
+            raise ValueError(f"tables must be ({max(self._b, 1)}, K, 256), got {tab.shape}")
+        cum = np.zeros(tab.shape[:2] + (257,), dtype=np.int64)
+        np.cumsum(tab, axis=2, dtype=np.int64, out=cum[:, :, 1:])
+        self._ext = cum
+        self._ext_first = int(first_byte)
+        if self._kernel is not None:
+            self._kernel.set_ext(cum, self._ext_first)
+
+    def _check_external(self, n: int) -> None:
+        if self.external_input and n and not 0 <= self._step - self._ext_first < self._ext.shape[1]:
+            raise ValueError(f"no external table for byte {self._step} (set_external first)")
+
+    def _external_stretch(self, n: int, bit: int, c0: I64) -> I64:
+        """stretch(P(bit = 1)) from each stream's table of the current byte (reference)."""
+        cum = self._ext[:n, self._step - self._ext_first]  # (n, 257)
+        lo = (c0 - (1 << bit)) << (8 - bit)
+        half = 1 << (7 - bit)
+        rows = np.arange(n)
+        top = cum[rows, lo + 2 * half]
+        s = top - cum[rows, lo]
+        s1 = top - cum[rows, lo + half]
+        ok = (s > 0) & (s1 >= 0) & (s1 <= s)
+        p = np.where(ok, (s1 * 4096 + s // 2) // np.where(ok, s, 1), 2048)
+        return STRETCH[np.clip(p, 1, 4095)]
+
     def _predict_numpy(self, n: int) -> np.ndarray:
         """The reference implementation of ``predict`` (the C kernel matches it bit for bit)."""
         bit = self._bit
@@ -690,7 +739,12 @@ class ContextMixPredictor(Predictor):
         ni = self._n_inputs
         ns = self._n_sets
         x[:, : nc + 1] = STRETCH[pc >> (P_BITS - 12)]
-        x.reshape(n, ns, ni)[:, 1:, : nc + 1] = x[:, None, : nc + 1]
+        n_x = nc + 1
+        if self.external_input:
+            self._check_external(n)
+            x[:, n_x] = self._external_stretch(n, bit, c0)
+            n_x += 1
+        x.reshape(n, ns, ni)[:, 1:, :n_x] = x[:, None, :n_x]
         # Mixer: set A by partial byte and match state, set B by last byte and bit, then
         # one set per extra selector (its context value and the bit position).
         wb = self._wbase[:n]
@@ -733,9 +787,13 @@ class ContextMixPredictor(Predictor):
     # ----------------------------------------------------- compiled whole frames
 
     def encode_frame(
-        self, grid: np.ndarray, lengths: np.ndarray, on_step: Any = None
-    ) -> list[bytes] | None:
-        """The frame's rANS payloads from the C loops (see Predictor.encode_frame)."""
+        self, grid: np.ndarray, lengths: np.ndarray, on_step: Any = None,
+        external: Any = None, block_bytes: int = 1 << 13,
+    ) -> list[bytes] | None:  # fmt: skip
+        """The frame's rANS payloads from the C loops (see Predictor.encode_frame).
+
+        ``external(first_byte, n_bytes)``: the external input's (B, n_bytes, 256) tables
+        of those bytes, asked for once per block of ``block_bytes`` before it runs."""
         if not self.compiled or grid.dtype != np.uint8:
             return None
         n_rows, n_steps = grid.shape
@@ -743,16 +801,21 @@ class ContextMixPredictor(Predictor):
         self.begin(n_rows)
         grid = np.ascontiguousarray(grid)
         p16 = np.empty((n_steps, n_rows), dtype=np.uint16)
-        for t0, t1, active in self._blocks(n_steps, lengths, on_step):
+        for t0, t1, active in self._blocks(n_steps, lengths, on_step, 8 * block_bytes):
+            if external is not None:
+                self.set_external(external(t0 // 8, (t1 - t0) // 8), t0 // 8)
             self._kernel.encode_run(grid, active, p16, n_steps, t0, t1)
         self._finish_run(n_steps, lengths)
         return list(_cm_kernel.encode_binary(p16, grid, lengths, n_steps))
 
     def decode_frame(
         self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,
-        on_step: Any = None,
+        on_step: Any = None, external: Any = None,
     ) -> bool:  # fmt: skip
-        """Decode the frame's model rows with the C loops (see Predictor.decode_frame)."""
+        """Decode the frame's model rows with the C loops (see Predictor.decode_frame).
+
+        ``external(first_byte, 1)``: as for encode_frame, asked for before every byte
+        (its table may depend on the bytes decoded so far, which are in ``grid``)."""
         if not self.compiled or grid.dtype != np.uint8 or decoder.freq_bits != 16:
             return False
         n_rows, n_steps = grid.shape
@@ -761,7 +824,9 @@ class ContextMixPredictor(Predictor):
         self.begin(n_rows)
         model_lengths = lengths[rows]
         x, cursor, limit, words = decoder.raw_state()
-        for t0, t1, active in self._blocks(n_steps, lengths, on_step):
+        for t0, t1, active in self._blocks(n_steps, lengths, on_step, 8 if external else 0):
+            if external is not None:
+                self.set_external(external(t0 // 8, 1), t0 // 8)
             model_active = active_counts(model_lengths, t0, t1)
             self._kernel.decode_run(
                 grid, active, model_active, rows, x, cursor, limit, words, n_steps, t0, t1
@@ -781,12 +846,12 @@ class ContextMixPredictor(Predictor):
             raise ValueError("streams are whole bytes, sorted longest first")
         return lengths
 
-    def _blocks(self, n_steps: int, lengths: I64, on_step: Any) -> Any:
+    def _blocks(self, n_steps: int, lengths: I64, on_step: Any, block: int = 0) -> Any:
         """Step ranges of the C loops with their active counts, and progress between them.
         Blocks keep the (block,) count arrays small: (T,) int64 would be 32 MiB a frame."""
-        block = 1 << 16
+        block = block or 1 << 16
         for t0 in range(0, n_steps, block):
-            if on_step is not None:
+            if on_step is not None and t0 % (1 << 16) < block:
                 on_step(t0, n_steps)
             t1 = min(n_steps, t0 + block)
             yield t0, t1, active_counts(lengths, t0, t1)
@@ -877,6 +942,8 @@ def from_descriptor(desc: Any) -> ContextMixPredictor:
             f"context-mixing mixer_contexts must be a list of names, got {sel!r}"
         )
     kwargs["mixer_contexts"] = tuple(sel)
+    if "external_input" in kwargs and kwargs["external_input"] is not True:
+        raise CorruptInputError("context-mixing external_input must be true when present")
     try:
         pred = ContextMixPredictor(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -900,4 +967,4 @@ _PARAM_NAMES = frozenset(
     }
 )
 #: Params added later: an archive without them used the earlier behaviour.
-_OPTIONAL_PARAM_NAMES = frozenset({"mixer_contexts"})
+_OPTIONAL_PARAM_NAMES = frozenset({"mixer_contexts", "external_input"})

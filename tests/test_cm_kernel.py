@@ -51,8 +51,12 @@ def cut(data: bytes, n_streams: int, seed: int) -> list[bytes]:
     return sorted(chunks, key=len, reverse=True)
 
 
-def lockstep_compare(a: ContextMixPredictor, b: ContextMixPredictor, streams: list[bytes]) -> None:
-    """One frame through both predictors; tables compared at every step, state at the end."""
+def lockstep_compare(
+    a: ContextMixPredictor, b: ContextMixPredictor, streams: list[bytes], setup: Any = None
+) -> None:
+    """One frame through both predictors; tables compared at every step, state at the end.
+
+    ``setup(predictor)`` runs after ``begin`` (to give external tables)."""
     assert a.compiled and not b.compiled
     syms = [a.to_symbols(s) for s in streams]
     lens = np.array([len(s) for s in syms], dtype=np.int64)
@@ -62,6 +66,9 @@ def lockstep_compare(a: ContextMixPredictor, b: ContextMixPredictor, streams: li
         grid[i, : len(s)] = s
     a.begin(len(streams))
     b.begin(len(streams))
+    if setup is not None:
+        setup(a)
+        setup(b)
     for t in range(steps):
         n = int(np.count_nonzero(lens > t))
         ta, tb = a.predict(n), b.predict(n)
@@ -115,6 +122,45 @@ def test_kernel_matches_numpy_with_other_mixer_selectors(mixer_contexts: tuple[s
     # empty one is how archives made before the extra weight sets decode.
     a, b = pair(**SMALL, mixer_contexts=mixer_contexts)
     lockstep_compare(a, b, cut(loghub("Mac_2k.log", 2000, 2000), 5, seed=3))
+
+
+def test_kernel_matches_numpy_with_external_input() -> None:
+    # Tables of every shape the transformer could give, and some no model would: zero
+    # rows (P = 1/2), one huge entry, all ones.
+    rng = np.random.default_rng(5)
+    streams = cut(loghub("Linux_2k.log", 7000, 1600), 4, seed=9)
+    longest = max(len(s) for s in streams)
+    tables = rng.integers(0, 2000, size=(4, longest, 256))
+    tables[:, ::7] = 0
+    tables[:, 3::11] = 1
+    tables[:, 5::13, 97] = 1 << 30
+    a, b = pair(**SMALL, external_input=True)
+    lockstep_compare(a, b, streams, setup=lambda p: p.set_external(tables, 0))
+    # ... and it does change the predictions
+    c = ContextMixPredictor(compiled=True, **SMALL)
+    c.begin(4)
+    a.begin(4)
+    a.set_external(tables, 0)
+    differ = False
+    for _ in range(16):
+        differ |= not np.array_equal(c.predict(4), a.predict(4))
+        c.update(np.zeros(4, dtype=np.int64))
+        a.update(np.zeros(4, dtype=np.int64))
+    assert differ
+
+
+def test_external_input_needs_its_tables() -> None:
+    for compiled in (True, False):
+        pred = ContextMixPredictor(compiled=compiled, external_input=True, **SMALL)
+        pred.begin(2)
+        with pytest.raises(ValueError, match="external table"):
+            pred.predict(2)
+        pred.set_external(np.ones((2, 1, 256), dtype=np.int64), 0)
+        pred.predict(2)
+        with pytest.raises(ValueError, match="tables must be"):
+            pred.set_external(np.ones((3, 1, 256), dtype=np.int64), 0)
+    with pytest.raises(ValueError, match="no external input"):
+        ContextMixPredictor(**SMALL).set_external(np.ones((1, 1, 256)), 0)
 
 
 def test_kernel_matches_numpy_after_reset() -> None:

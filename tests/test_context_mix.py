@@ -220,7 +220,11 @@ def test_descriptor_round_trip_rebuilds_an_identical_predictor() -> None:
 def test_descriptor_names_every_bitstream_parameter() -> None:
     desc = small().descriptor()
     assert desc["name"] == "cm" and desc["version"] == 1
-    assert set(desc["params"]) == context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
+    # every parameter but external_input, which only cm+transformer's cm sets
+    assert set(desc["params"]) == context_mix._PARAM_NAMES | {"mixer_contexts"}
+    assert set(small(external_input=True).descriptor()["params"]) == (
+        context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
+    )
     assert small().model_id != small(mixer_shift=12).model_id
     assert small().model_id != small(mixer_contexts=("field",)).model_id
 
@@ -269,6 +273,8 @@ def _bad(**changes: Any) -> dict[str, Any]:
         pytest.param(_bad(mixer_contexts=["column", "field"]), id="non_canonical_mixer_order"),
         pytest.param(_bad(mixer_contexts=[]), id="empty_mixer_contexts_spelled_out"),
         pytest.param(_bad(mixer_contexts="field"), id="mixer_contexts_not_list"),
+        pytest.param(_bad(external_input=False), id="external_input_false_spelled_out"),
+        pytest.param(_bad(external_input=1), id="external_input_not_bool"),
     ],
 )
 def test_from_descriptor_rejects_bad_descriptors(desc: Any) -> None:

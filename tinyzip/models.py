@@ -4,6 +4,9 @@ Model names a user can give (``-m/--model``):
 
 * ``cm`` (or ``cm:LEVEL``): the built-in adaptive context-mixing model, no checkpoint;
 * ``zstd``: no model at all, every frame is zstd or stored (fast, weakest);
+* ``cm+CHECKPOINT`` (a path or a shipped name): cm with a byte-level checkpoint's
+  distribution as one more input (model/cm_transformer.py): the best ratio on data
+  like the checkpoint's training data, at the engine's speed;
 * a path to a ``.tzm`` checkpoint, or the name of a checkpoint shipped in
   ``tinyzip.checkpoints`` (e.g. ``default``);
 * nothing: the shipped default checkpoint if there is one, else ``cm``.
@@ -93,6 +96,25 @@ def _checkpoint_choice(path: Path) -> ModelChoice:
     )
 
 
+def _cm_transformer_choice(spec: str) -> ModelChoice:
+    from tinyzip.model.checkpoint import load_checkpoint
+    from tinyzip.model.cm_transformer import CmTransformerPredictor
+
+    shipped = packaged_checkpoints()
+    path = shipped.get(spec, Path(spec))
+    if not path.is_file():
+        names = ", ".join(sorted(shipped)) or "none shipped"
+        raise UsageError(f"cm+{spec}: {spec!r} is neither a checkpoint file nor a shipped one ({names})")
+    predictor = CmTransformerPredictor(load_checkpoint(path))
+    return ModelChoice(
+        predictor=predictor,
+        descriptor=predictor.descriptor(),
+        model_id=predictor.model_id,
+        model_bytes=path.stat().st_size,
+        label=f"cm+transformer ({path.name})",
+    )
+
+
 def choose_model(model: ModelSpec) -> ModelChoice:
     """The model to compress with, from what a user or caller asked for."""
     if isinstance(model, Predictor):
@@ -108,6 +130,8 @@ def choose_model(model: ModelSpec) -> ModelChoice:
     if text == "cm" or text.startswith("cm:"):
         predictor = _context_mix(text[3:] if text.startswith("cm:") else None)
         return ModelChoice(predictor, predictor.descriptor(), predictor.model_id, 0, "cm")
+    if text.startswith("cm+"):
+        return _cm_transformer_choice(text[3:])
     shipped = packaged_checkpoints()
     if text in shipped:
         return _checkpoint_choice(shipped[text])
@@ -138,6 +162,16 @@ def resolver(model_hint: ModelSpec = None) -> ModelResolver:
             return from_descriptor(descriptor)
         if name == "transformer":
             return _find_checkpoint(descriptor, model_id, model_hint)
+        if name == "cm+transformer":
+            from tinyzip.model.cm_transformer import from_descriptor as mixed_from_descriptor
+
+            hint = model_hint
+            if isinstance(hint, str) and hint.startswith("cm+"):
+                hint = hint[3:]
+            found = _find_checkpoint(descriptor, model_id, hint)
+            if found.descriptor() == descriptor:  # the caller's own predictor
+                return found
+            return mixed_from_descriptor(descriptor, found.checkpoint)  # type: ignore[attr-defined]
         if isinstance(model_hint, Predictor):
             raise WrongModelError(
                 f"archive needs model {name!r} ({model_id.hex()[:16]}), given {model_hint.name!r}"

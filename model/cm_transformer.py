@@ -1,0 +1,181 @@
+"""cm + transformer: the context-mixing model with a frozen checkpoint as one more input.
+
+The transformer knows the domain (it was trained on it) but not the file at hand; cm
+knows nothing beforehand and learns the file as it goes. Here the checkpoint's
+distribution of each byte becomes one more mixer input of cm (``external_input``): the
+probability of the next bit is the exact ratio of two partial sums of the byte's table,
+stretched like every other input, and the mixer learns per file how far to trust it.
+Everything stays integer: the engine's tables are bit-exact, and so is cm.
+
+Only byte-level checkpoints: cm codes bits of bytes, and a BPE token's table does not
+give the distribution of the next byte without summing over every token that starts
+with it.
+
+Whole frames: the encoder gets each 8 KiB block's tables from the engine's parallel
+pass, then runs cm's C loop over the block; the decoder steps the engine once per byte
+(its tables need the bytes decoded so far) and runs cm's C loop over that byte's 8 bits.
+The lockstep ``predict``/``update`` protocol stays the reference (coder/frames.py) and
+tests compare payloads and symbols with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tinyzip.model.checkpoint import Checkpoint
+from tinyzip.model.context_mix import ContextMixPredictor
+from tinyzip.model.predictor import Predictor
+from tinyzip.model.transformer_predictor import TransformerPredictor
+
+from tinyzip.errors import UsageError
+
+NAME = "cm+transformer"
+
+
+class CmTransformerPredictor(Predictor):
+    """Bitwise cm over B streams, with a byte-level checkpoint's tables as an input."""
+
+    name = NAME
+    n_symbols = 2
+    freq_bits = 16
+    default_streams = ContextMixPredictor.default_streams
+
+    def __init__(
+        self, checkpoint: Checkpoint, *, cm: ContextMixPredictor | None = None,
+        compiled: bool | None = None,
+    ) -> None:  # fmt: skip
+        self.checkpoint = checkpoint
+        self.transformer = TransformerPredictor(checkpoint, compiled=compiled)
+        if checkpoint.tokenizer_table != tuple(bytes([i]) for i in range(256)):
+            raise UsageError(
+                f"cm+transformer needs a byte-level checkpoint; {checkpoint.name} has a "
+                f"{checkpoint.config.vocab_size}-token vocabulary"
+            )
+        if cm is None:
+            cm = ContextMixPredictor(external_input=True, compiled=compiled)
+        if not cm.external_input:
+            raise UsageError("cm+transformer needs a cm model made with external_input=True")
+        self.cm = cm
+        self._bits = np.zeros(0, dtype=np.int64)  # the partial byte of each stream
+
+    def descriptor(self) -> dict[str, Any]:
+        return {
+            "name": NAME,
+            "model_id": self.checkpoint.model_id_hex,
+            "name_hint": self.checkpoint.name,
+            "cm": self.cm.descriptor(),
+        }
+
+    @property
+    def model_id(self) -> bytes:
+        """SHA-256 of the checkpoint file: what decoding must find (cm is in the descriptor)."""
+        return self.checkpoint.model_id
+
+    # ------------------------------------------------------------------ symbols
+
+    def to_symbols(self, raw: bytes) -> np.ndarray:
+        return self.cm.to_symbols(raw)
+
+    def from_symbols(self, symbols: np.ndarray) -> bytes:
+        return self.cm.from_symbols(symbols)
+
+    # ---------------------------------------------------------------- lockstep
+
+    def reset(self) -> None:
+        self.cm.reset()
+        self.begin(0)
+
+    def begin(self, n_streams: int) -> None:
+        self.cm.begin(n_streams)
+        self.transformer.begin(n_streams)
+        self._bits = np.zeros(n_streams, dtype=np.int64)
+
+    def _padded(self, tables: np.ndarray) -> np.ndarray:
+        """(n, 256) tables of the active streams -> (B, 1, 256) for set_external."""
+        out = np.ones((max(self._bits.shape[0], 1), 1, 256), dtype=np.int64)
+        out[: tables.shape[0], 0] = tables
+        return out
+
+    def predict(self, n_active: int) -> np.ndarray:
+        if self.cm._bit == 0:  # a new byte: the transformer's table for it
+            tables = self.transformer.predict(n_active)
+            self.cm.set_external(self._padded(tables), self.cm._step)
+        return self.cm.predict(n_active)
+
+    def update(self, symbols: np.ndarray) -> None:
+        y = np.asarray(symbols, dtype=np.int64)
+        self.cm.update(y)
+        n = y.shape[0]
+        self._bits[:n] = (self._bits[:n] << 1) | y
+        if self.cm._bit == 0:  # the byte is complete: it is the transformer's next input
+            self.transformer.update(self._bits[:n].copy())
+            self._bits[:] = 0
+
+    # ------------------------------------------------------------ whole frames
+
+    #: Bytes per encoder block: tables (B, block, 257) int64 are 16.8 MiB a stream.
+    ENCODE_BLOCK = 8192
+
+    def encode_frame(
+        self, grid: np.ndarray, lengths: np.ndarray, on_step: Any = None
+    ) -> list[bytes] | None:
+        if not self.cm.compiled or grid.dtype != np.uint8:
+            return None
+        data = np.packbits(grid, axis=1).astype(np.int64)  # (B, T / 8) bytes, 0-padded
+        engine = self.transformer.engine
+        reach = engine.receptive_field
+
+        def external(first: int, count: int) -> np.ndarray:
+            # Rows first..first+count-1 need the inputs (BOS, then each previous byte)
+            # from `reach` positions earlier: the engine's parallel pass over that window.
+            lo = max(0, first - reach)
+            inputs = np.empty((data.shape[0], first + count - lo), dtype=np.int64)
+            if lo == 0:
+                inputs[:, 0] = engine.bos
+                inputs[:, 1:] = data[:, : first + count - 1]
+            else:
+                inputs[:] = data[:, lo - 1 : first + count - 1]
+            # (_forward: the pass tables_parallel runs on each of its chunks)
+            return engine._forward(inputs)[:, first - lo :]
+
+        return self.cm.encode_frame(
+            grid, lengths, on_step, external=external, block_bytes=self.ENCODE_BLOCK
+        )
+
+    def decode_frame(
+        self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,
+        on_step: Any = None,
+    ) -> bool:  # fmt: skip
+        if not self.cm.compiled or grid.dtype != np.uint8 or decoder.freq_bits != 16:
+            return False
+        n_rows = grid.shape[0]
+        lengths = np.asarray(lengths, dtype=np.int64)
+        engine = self.transformer.engine
+        engine.reset(n_rows)
+        state = {"inputs": np.full(n_rows, engine.bos, dtype=np.int64)}
+
+        def external(first: int, count: int) -> np.ndarray:
+            n = int(np.count_nonzero(lengths > 8 * first))
+            if first:  # the byte decoded last is each active stream's next input
+                state["inputs"][:n] = np.packbits(grid[:n, 8 * first - 8 : 8 * first], axis=1)[:, 0]
+            out = np.ones((max(n_rows, 1), 1, 256), dtype=np.int64)
+            out[:n, 0] = engine.step(state["inputs"][:n])
+            return out
+
+        return self.cm.decode_frame(grid, lengths, rows, decoder, on_step, external=external)
+
+
+def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTransformerPredictor:
+    """The predictor an archive names, given the checkpoint its model id points to."""
+    from tinyzip.model.context_mix import from_descriptor as cm_from_descriptor
+
+    from tinyzip.errors import CorruptInputError
+
+    cm = cm_from_descriptor(descriptor.get("cm"))
+    if not cm.external_input:
+        raise CorruptInputError("cm+transformer archive whose cm model has no external input")
+    pred = CmTransformerPredictor(checkpoint, cm=cm)
+    if pred.descriptor() != descriptor:
+        raise CorruptInputError(f"non-canonical cm+transformer descriptor: {descriptor!r}")
+    return pred

@@ -1,0 +1,130 @@
+"""cm + transformer: compiled frames equal the lockstep reference, archives round-trip,
+decoding finds the checkpoint by id, and the archive bytes are pinned.
+
+The checkpoint is the engine tests' tiny random byte model (window 16, so a few dozen
+bytes already cross the receptive field the encoder's blocks re-read)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from tinyzip.model import context_mix
+from tinyzip.model.checkpoint import Checkpoint, load_checkpoint, random_tensors, save_checkpoint
+from tinyzip.model.cm_transformer import CmTransformerPredictor, from_descriptor
+from tinyzip.model.config import ModelConfig
+from tinyzip.model.context_mix import ContextMixPredictor
+
+import tinyzip
+from tests.test_engine import _tiny_checkpoint
+from tinyzip.errors import CorruptInputError, UsageError, WrongModelError
+
+GOLDEN = Path(__file__).parent / "golden" / "cm_transformer.json"
+SMALL = {"table_bits": 12, "history_bits": 12, "match_hash_bits": 10}
+LOG = (
+    b"2016-12-19 16:00:01,112 INFO [Controller 0]: Broker 0 starting become controller\n"
+    b"2016-12-19 16:00:01,345 INFO [Controller 0]: Broker 1 resigned (kafka.controller)\n"
+    b"2016-12-19 16:00:02,007 WARN [Controller 0]: Partition [t,3] has no leader\n"
+) * 3
+
+needs_kernel = pytest.mark.skipif(
+    context_mix._cm_kernel is None, reason="the C kernel tinyzip.model._cm_kernel was not built"
+)
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.tzm"
+    _tiny_checkpoint(path)
+    return path
+
+
+def mixed(path: Path, *, compiled: bool | None = None) -> CmTransformerPredictor:
+    cm = ContextMixPredictor(external_input=True, compiled=compiled, **SMALL)
+    return CmTransformerPredictor(load_checkpoint(path), cm=cm, compiled=compiled)
+
+
+@needs_kernel
+@pytest.mark.parametrize("streams", [1, 3])
+def test_compiled_frames_equal_the_lockstep_reference(
+    ckpt_path: Path, streams: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small encoder blocks: each re-reads the 30 inputs before it (2 layers x (16 - 1)).
+    monkeypatch.setattr(CmTransformerPredictor, "ENCODE_BLOCK", 24)
+    data = LOG + bytes(range(256)) + random.Random(3).randbytes(40)
+    fast, slow = mixed(ckpt_path), mixed(ckpt_path, compiled=False)
+    a = tinyzip.compress(data, model=fast, streams=streams, frame_size=300)
+    b = tinyzip.compress(data, model=slow, streams=streams, frame_size=300)
+    assert a == b
+    assert tinyzip.decompress(a, model=fast) == data
+    assert tinyzip.decompress(a, model=slow) == data
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"x", bytes(range(256)), b"\xff\xfe\x80 not utf-8 \xc3\x28\n" * 9]
+)
+def test_hostile_inputs_round_trip(ckpt_path: Path, data: bytes) -> None:
+    pred = mixed(ckpt_path)
+    assert tinyzip.decompress(tinyzip.compress(data, model=pred), model=pred) == data
+
+
+def test_archive_names_the_checkpoint_and_decoding_finds_it_by_path(
+    ckpt_path: Path, tmp_path: Path
+) -> None:
+    blob = tinyzip.compress(LOG, model=f"cm+{ckpt_path}")
+    assert tinyzip.decompress(blob, model=str(ckpt_path)) == LOG
+    assert tinyzip.decompress(blob, model=f"cm+{ckpt_path}") == LOG
+    with pytest.raises(WrongModelError, match="tiny-test"):
+        tinyzip.decompress(blob)
+    other = tmp_path / "other.tzm"
+    config = ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=2, d_ff=64, window=16)
+    save_checkpoint(other, config=config, tensors=random_tensors(config, seed=99),
+                    tokenizer_table=load_checkpoint(ckpt_path).tokenizer_table,
+                    meta={"name": "other"})  # fmt: skip
+    with pytest.raises(WrongModelError, match=r"tiny-test .*other\.tzm is"):
+        tinyzip.decompress(blob, model=str(other))
+
+
+def test_the_transformer_input_changes_the_payload(ckpt_path: Path) -> None:
+    with_tf = tinyzip.compress(LOG, model=mixed(ckpt_path))
+    alone = tinyzip.compress(LOG, model=ContextMixPredictor(**SMALL))
+    assert with_tf[-200:] != alone[-200:]
+
+
+def test_descriptor_round_trip_and_tampering(ckpt_path: Path) -> None:
+    pred = mixed(ckpt_path)
+    desc = pred.descriptor()
+    ckpt = load_checkpoint(ckpt_path)
+    assert from_descriptor(json.loads(json.dumps(desc)), ckpt).descriptor() == desc
+    no_ext = {**desc, "cm": ContextMixPredictor(**SMALL).descriptor()}
+    with pytest.raises(CorruptInputError, match="external input"):
+        from_descriptor(no_ext, ckpt)
+    with pytest.raises(CorruptInputError):
+        from_descriptor({**desc, "name_hint": "renamed"}, ckpt)
+
+
+def test_bpe_checkpoints_are_refused(tmp_path: Path) -> None:
+    config = ModelConfig(vocab_size=300, d_model=32, n_layers=1, n_heads=2, d_ff=64, window=16)
+    table = tuple(bytes([i]) for i in range(256)) + tuple(b"ab" + bytes([i]) for i in range(44))
+    path = tmp_path / "bpe.tzm"
+    ckpt: Checkpoint = save_checkpoint(path, config=config, tensors=random_tensors(config, seed=1),
+                                       tokenizer_table=table, meta={"name": "bpe"})  # fmt: skip
+    with pytest.raises(UsageError, match="byte-level"):
+        CmTransformerPredictor(ckpt)
+
+
+def test_archive_bytes_match_golden_hash(ckpt_path: Path) -> None:
+    data = LOG + bytes(range(256))
+    got = {
+        f"b{streams}": hashlib.sha256(
+            tinyzip.compress(data, model=mixed(ckpt_path), streams=streams, frame_size=400)
+        ).hexdigest()
+        for streams in (1, 3)
+    }
+    if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=2) + "\n")
+    assert got == json.loads(GOLDEN.read_text())
