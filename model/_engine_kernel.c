@@ -1265,7 +1265,7 @@ static PyObject *Kernel_decode(Kernel *self, PyObject *args) {
     const i64 *len = lens.buf, *dc = dec.buf, *lm = lim.buf;
     int g8 = grid.itemsize == 1;
     if (lens.itemsize != 8 || (grid.itemsize != 1 && grid.itemsize != 2) ||
-        dec.len != lens.len || xs.itemsize != 8 || cur.len != xs.len || lim.len != xs.len ||
+        dec.len != lens.len || xs.itemsize != 8 || cur.len < xs.len || lim.len < xs.len ||
         words.itemsize != 2 || nw < 1 || kc.itemsize != 1 || vc.len != kc.len ||
         (size_t)kc.len != (size_t)B * per_layer_stream * self->L || t0 < 0 || t1 > T ||
         t0 > t1 || b0 < 0 || b1 > B || b0 > b1 || self->fbits > 16) {

@@ -94,21 +94,27 @@ class TransformerPredictor(Predictor):
                      decoder: Any, on_step: Any = None) -> bool:
         """Decode grid rows ``rows`` in place with the compiled engine (False without it)."""
         if (not self.engine.compiled or grid.dtype not in (np.uint8, np.uint16)
-                or decoder.freq_bits != self.freq_bits or not grid.flags.c_contiguous):
+                or decoder.freq_bits != self.freq_bits):
             return False
-        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
         rows = np.asarray(rows, dtype=np.int64)
-        n_rows, n_steps = grid.shape
-        decoder_of_row = np.full(n_rows, -1, dtype=np.int64)
-        decoder_of_row[rows] = np.arange(rows.size, dtype=np.int64)
-        self.begin(n_rows)
-        state = decoder.raw_state()
-        for t0 in range(0, n_steps, self.DECODE_BLOCK):
+        n_steps = grid.shape[1]
+        model_lengths = np.ascontiguousarray(lengths[rows])
+        # A stream's tables depend on its own symbols only, so the known rows (stored or
+        # zstd chunks) need no steps: only the model rows run, as one smaller grid
+        # (rows increase and lengths do not, so theirs stay non-increasing).
+        sub = np.ascontiguousarray(grid[rows])
+        self.begin(rows.size)
+        x, cursor, limit, words = decoder.raw_state()
+        state = (x, cursor[: x.size], limit[: x.size], words)
+        decoder_of_row = np.arange(rows.size, dtype=np.int64)
+        for t0 in range(0, n_steps if rows.size else 0, self.DECODE_BLOCK):
             t1 = min(n_steps, t0 + self.DECODE_BLOCK)
-            self.engine.decode_steps(grid, lengths, decoder_of_row, state, t0, t1)
+            self.engine.decode_steps(sub, model_lengths, decoder_of_row, state, t0, t1)
             if on_step is not None:
                 on_step(t1, n_steps)
-        decoder.account(active_counts(lengths[rows], 0, n_steps))
+        grid[rows] = sub
+        decoder.account(active_counts(model_lengths, 0, n_steps))
         return True
 
     def tables_for_streams(self, streams: Sequence[np.ndarray], *,

@@ -208,6 +208,11 @@ def test_compiled_frame_coding_equals_the_lockstep_loop(tmp_path: Path, config_n
     assert np.array_equal(out, grid)
     assert not reference.decode_frame(out, lengths, rows, StreamDecoder(
         [expected[r] for r in rows], freq_bits=16))
+    # a frame whose chunks are all known (zstd or stored): nothing to decode
+    none = StreamDecoder([], freq_bits=16)
+    assert fast.decode_frame(out, lengths, np.zeros(0, dtype=np.int64), none)
+    none.finish()
+    assert np.array_equal(out, grid)
 
 
 def test_compiled_decoder_survives_damaged_payloads(tmp_path: Path) -> None:
