@@ -99,7 +99,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_LAST = S_MATCH 
 /* Integer parameters, in the order of the second tuple. */
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
-    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT,
+    P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
     N_PARAMS
 };
 
@@ -153,8 +153,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     i64 ncols = self->prm[P_NCOLS], cw = self->prm[P_CW], ns = self->prm[P_NSETS];
     i64 next = self->prm[P_NEXT];
     if (b < 0 || b > 65536 || nc < 1 || nc > K_LAST + 1 || next < 0 || next > 1 ||
-        ni != nc + 2 + next || cw != nc + 5 ||
-        ns < 2 || ns > S_LAST + 3 || ncols != cw + ns * ni || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
+        ni != nc + 2 || cw != nc + 5 || self->prm[P_EXTW] < 0 ||
+        self->prm[P_EXTW] + 256 * next > self->prm[P_TABLESIZE] ||
+        ns < 2 || ns > S_LAST + 3 || ncols != cw + ns * ni + next || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
         self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40) {
@@ -168,7 +169,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_PWORD] = b, [A_COL] = b, [A_FIELD] = b, [A_LINE] = b, [A_PLINE] = b, [A_ABOVE] = b,
         [A_HIST] = bb << self->prm[P_RINGBITS], [A_MTAB] = (i64)1 << self->prm[P_MHASHBITS],
         [A_MLEN] = b, [A_MPTR] = b, [A_MOK] = b, [A_IDX] = b * ncols, [A_VAL] = b * ncols,
-        [A_PCL] = b * cw, [A_X] = b * ns * ni, [A_WBASE] = b * ns, [A_BLK] = b * nc,
+        [A_PCL] = b * cw, [A_X] = b * (ns * ni + next), [A_WBASE] = b * ns, [A_BLK] = b * nc,
         [A_ABASE] = b * 4, [A_CTXV] = b * nc, [A_EBIT] = b * 8, [A_MIDX] = b * 8,
         [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
         [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
@@ -441,8 +442,8 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
     const i64 apm_wmul[4] = {-1, 1, -2, 2}, apm_wadd[4] = {4096, 0, 8192, 0};
     for (i64 i = 0; i < n; i++) {
         i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
-        i64 ns = k->prm[P_NSETS];
-        i64 *x = k->x + i * ns * ni, *wbase = k->wbase + i * ns;
+        i64 ns = k->prm[P_NSETS], next = k->prm[P_NEXT];
+        i64 *x = k->x + i * (ns * ni + next), *wbase = k->wbase + i * ns;
         i64 c0 = k->c0[i], c0n = k->c0n[i];
         int mok = k->mok[i] != 0;
         for (i64 j = 0; j < nc; j++) idx[j] = k->blk[i * nc + j] + c0n;
@@ -453,7 +454,8 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             pc[j] = clip_p(val[j]);
             x[j] = k->stretch[pc[j] >> (P_BITS - 12)];
         }
-        if (k->prm[P_NEXT] && ext_input(k, i, step, bit, c0, &x[nc + 1])) bad = 1;
+        /* the external input and its own weight (per partial byte) go last */
+        if (next && ext_input(k, i, step, bit, c0, &x[ns * ni])) bad = 1;
         /* (numpy keeps a copy of the inputs and the weight indices per set, for one
          * np.add.at; here every set reads x[0..ni) and its weights from wbase) */
         /* Mixer: set A by partial byte and match state, set B by last byte and bit, then
@@ -471,6 +473,7 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             if (s && bit < 7 && wbase[s] + 2 * ni <= tsize)
                 for (i64 m = 0; m < ni; m += 8) __builtin_prefetch(w + ni + m);
         }
+        if (next) dot += (u64)x[ns * ni] * (u64)k->t[k->prm[P_EXTW] + c0];
         i64 d = asr((i64)dot, 16);
         d = d < -2047 ? -2047 : (d > 2047 ? 2047 : d);
         d += 2048;
@@ -503,8 +506,8 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
     u64 *t = (u64 *)k->t; /* adds wrap, as numpy's int64 adds do */
     for (i64 i = 0; i < n; i++) {
         const i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
-        i64 ns = k->prm[P_NSETS];
-        const i64 *x = k->x + i * ns * ni, *wbase = k->wbase + i * ns;
+        i64 ns = k->prm[P_NSETS], next = k->prm[P_NEXT];
+        const i64 *x = k->x + i * (ns * ni + next), *wbase = k->wbase + i * ns;
         i64 yi = y[i];
         /* Counters (contexts, match, APM points): toward the bit by 1/(count + 1.5). */
         for (i64 j = 0; j < cw; j++) {
@@ -521,6 +524,9 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             u64 *w = t + wbase[s];
             for (i64 m = 0; m < ni; m++) w[m] += dw[m];
         }
+        if (next)
+            t[k->prm[P_EXTW] + k->c0[i]] +=
+                (u64)asr((i64)((u64)x[ns * ni] * (u64)err + (u64)round), shift);
     }
     /* Partial byte and nibble; the match stays on only while its bits were right. */
     for (i64 i = 0; i < n; i++) {

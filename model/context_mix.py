@@ -204,6 +204,7 @@ def _shape(h8: U64, k: int) -> U64:
 
 
 APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
+EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
 
 
 def _u64(x: npt.ArrayLike) -> U64:
@@ -313,8 +314,9 @@ class ContextMixPredictor(Predictor):
         pos += (1 << 16) * APM_POINTS
         self._w_off = pos
         self._n_ctx = len(self.contexts)
-        # Mixer inputs: one per context, the match model, the external input if any, a bias.
-        self._n_inputs = self._n_ctx + 2 + int(external_input)
+        # Mixer inputs of every weight set: one per context, the match model, a bias. (The
+        # external input has weights of its own, after the sets: see _ext_w_off.)
+        self._n_inputs = self._n_ctx + 2
         # Two weight sets are selected per bit and their dot products add up (a mixer
         # whose weights are shared along two contexts): set A by the partial byte and
         # the match bucket (1024 sets), set B by the last byte and the bit position
@@ -330,6 +332,11 @@ class ContextMixPredictor(Predictor):
             sel_off.append(pos)
             pos += MIXER_SELECTORS[m] * 8 * ni
         self._sel_off = np.array(sel_off, dtype=np.int64)
+        # The external input's weight, one per partial byte: it is not in the weight sets
+        # above, where thousands of copies would each have to learn to trust it.
+        self._n_ext = int(external_input)
+        self._ext_w_off = pos
+        pos += 256 * self._n_ext
         self._sel_kinds = np.array(
             [list(MIXER_SELECTORS).index(m) for m in self.mixer_contexts], dtype=np.int64
         )
@@ -355,7 +362,7 @@ class ContextMixPredictor(Predictor):
         nc = self._n_ctx
         self._c_apm = nc + 1
         self._c_w = nc + 5
-        self._n_cols = nc + 5 + self._n_sets * self._n_inputs
+        self._n_cols = nc + 5 + self._n_sets * self._n_inputs + self._n_ext
         self._lim = np.array([counter_limit] * (nc + 1) + [apm_limit] * 4, dtype=np.int64)
         self._w_cols = np.arange(self._n_inputs, dtype=np.int64)
         # APM interpolation weights as affine maps of wt, with APM2 counted twice in the
@@ -421,7 +428,8 @@ class ContextMixPredictor(Predictor):
         t[self._apm1_off : self._apm2_off] = np.tile(ident, 256)
         t[self._apm2_off : self._w_off] = np.tile(ident, 1 << 16)
         t[self._w_off : self._wx_off] = self.mixer_init // 2  # sets A and B add up to it
-        t[self._wx_off :] = 0  # the extra sets start as no correction
+        t[self._wx_off : self._ext_w_off] = 0  # the extra sets start as no correction
+        t[self._ext_w_off :] = EXT_WEIGHT_INIT
         self._t = t
         self.begin(0)
 
@@ -462,7 +470,7 @@ class ContextMixPredictor(Predictor):
         self._dlt = np.zeros((b, self._n_cols), dtype=np.int64)
         self._pcl = np.zeros((b, self._c_w), dtype=np.int64)
         # Mixer inputs, one copy per weight set (last column of each: the bias).
-        self._x = np.full((b, self._n_sets * self._n_inputs), 256, dtype=np.int64)
+        self._x = np.full((b, self._n_sets * self._n_inputs + self._n_ext), 256, dtype=np.int64)
         self._wbase = np.zeros((b, self._n_sets), dtype=np.int64)
         self._blk = np.zeros((b, self._n_ctx), dtype=np.int64)
         self._abase = np.zeros((b, 4), dtype=np.int64)
@@ -494,7 +502,7 @@ class ContextMixPredictor(Predictor):
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
             self._match_off, self._w_off, self.table_bits, self.mixer_shift,
             self._ring_bits, self.match_min, self.match_hash_bits, self._table_size,
-            self._n_sets, int(self.external_input),
+            self._n_sets, self._n_ext, self._ext_w_off,
         )  # fmt: skip
         return _cm_kernel.Kernel(arrays, params)
 
@@ -739,12 +747,12 @@ class ContextMixPredictor(Predictor):
         ni = self._n_inputs
         ns = self._n_sets
         x[:, : nc + 1] = STRETCH[pc >> (P_BITS - 12)]
-        n_x = nc + 1
-        if self.external_input:
+        xs = x[:, : ns * ni].reshape(n, ns, ni)
+        xs[:, 1:, : nc + 1] = x[:, None, : nc + 1]
+        if self._n_ext:
             self._check_external(n)
-            x[:, n_x] = self._external_stretch(n, bit, c0)
-            n_x += 1
-        x.reshape(n, ns, ni)[:, 1:, :n_x] = x[:, None, :n_x]
+            x[:, ns * ni] = self._external_stretch(n, bit, c0)
+            idx[:, self._c_w + ns * ni] = self._ext_w_off + c0
         # Mixer: set A by partial byte and match state, set B by last byte and bit, then
         # one set per extra selector (its context value and the bit position).
         wb = self._wbase[:n]
@@ -752,7 +760,8 @@ class ContextMixPredictor(Predictor):
         wb[:, 1] = self._wsel2[:n] + bit * ni
         for e, m in enumerate(self.mixer_contexts):
             wb[:, 2 + e] = self._sel_off[e] + (self._selector(m, n, bit) * 8 + bit) * ni
-        np.add(wb[:, :, None], self._w_cols, out=idx[:, self._c_w :].reshape(n, ns, ni))
+        wcols = idx[:, self._c_w : self._c_w + ns * ni]
+        np.add(wb[:, :, None], self._w_cols, out=wcols.reshape(n, ns, ni))
         w = self._t[idx[:, self._c_w :]]
         dot = np.einsum("ij,ij->i", x, w) >> 16
         np.minimum(dot, 2047, out=dot)
