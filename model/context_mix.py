@@ -480,7 +480,7 @@ class ContextMixPredictor(Predictor):
         self._predicted = -1
         self._p12 = np.zeros(b, dtype=np.int64)  # the mixer's output, kept for update
         # External input: cumulative tables (B, K, 257) of bytes _ext_first.. (none yet).
-        self._ext = np.zeros((max(b, 1), 0, 257), dtype=np.int64)
+        self._ext = np.zeros((max(b, 1), 0, 256), dtype=np.int64)
         self._ext_first = 0
         self._byte_contexts(b)
         self._kernel = self._bind_kernel() if self.compiled else None
@@ -691,8 +691,8 @@ class ContextMixPredictor(Predictor):
     def set_external(self, tables: np.ndarray, first_byte: int) -> None:
         """Give the external input's tables for bytes ``first_byte ..`` of every stream.
 
-        ``tables``: (B, K, 256) nonnegative integer frequencies (rows with a positive
-        sum), the distribution of byte ``first_byte + k`` of each stream; predict reads
+        ``tables``: (B, K, 256) integer frequencies in [0, 2**32), the distribution of
+        byte ``first_byte + k`` of each stream (a row summing to 0 gives 1/2); predict reads
         P(next bit = 1) from the row of the byte being coded, as the exact ratio of the
         sum over the byte values that extend the partial byte with a 1 to the sum over
         those that extend it (stretched like every other input).
@@ -702,12 +702,13 @@ class ContextMixPredictor(Predictor):
         tab = np.asarray(tables)
         if tab.ndim != 3 or tab.shape[0] != max(self._b, 1) or tab.shape[2] != 256:
             raise ValueError(f"tables must be ({max(self._b, 1)}, K, 256), got {tab.shape}")
-        cum = np.zeros(tab.shape[:2] + (257,), dtype=np.int64)
-        np.cumsum(tab, axis=2, dtype=np.int64, out=cum[:, :, 1:])
-        self._ext = cum
+        tab = np.ascontiguousarray(tab, dtype=np.int64)
+        if tab.size and (tab.min() < 0 or tab.max() >= 1 << 32):
+            raise ValueError("external table entries must lie in [0, 2**32)")
+        self._ext = tab
         self._ext_first = int(first_byte)
         if self._kernel is not None:
-            self._kernel.set_ext(cum, self._ext_first)
+            self._kernel.set_ext(tab, self._ext_first)
 
     def _check_external(self, n: int) -> None:
         if self.external_input and n and not 0 <= self._step - self._ext_first < self._ext.shape[1]:
@@ -715,15 +716,16 @@ class ContextMixPredictor(Predictor):
 
     def _external_stretch(self, n: int, bit: int, c0: I64) -> I64:
         """stretch(P(bit = 1)) from each stream's table of the current byte (reference)."""
-        cum = self._ext[:n, self._step - self._ext_first]  # (n, 257)
+        tab = self._ext[:n, self._step - self._ext_first]  # (n, 256)
+        cum = np.zeros((n, 257), dtype=np.int64)
+        np.cumsum(tab, axis=1, out=cum[:, 1:])
         lo = (c0 - (1 << bit)) << (8 - bit)
         half = 1 << (7 - bit)
         rows = np.arange(n)
         top = cum[rows, lo + 2 * half]
         s = top - cum[rows, lo]
         s1 = top - cum[rows, lo + half]
-        ok = (s > 0) & (s1 >= 0) & (s1 <= s)
-        p = np.where(ok, (s1 * 4096 + s // 2) // np.where(ok, s, 1), 2048)
+        p = np.where(s > 0, (s1 * 4096 + s // 2) // np.maximum(s, 1), 2048)
         return STRETCH[np.clip(p, 1, 4095)]
 
     def _predict_numpy(self, n: int) -> np.ndarray:
@@ -833,13 +835,19 @@ class ContextMixPredictor(Predictor):
         self.begin(n_rows)
         model_lengths = lengths[rows]
         x, cursor, limit, words = decoder.raw_state()
-        for t0, t1, active in self._blocks(n_steps, lengths, on_step, 8 if external else 0):
-            if external is not None:
-                self.set_external(external(t0 // 8, 1), t0 // 8)
+        for t0, t1, active in self._blocks(n_steps, lengths, on_step):
             model_active = active_counts(model_lengths, t0, t1)
-            self._kernel.decode_run(
-                grid, active, model_active, rows, x, cursor, limit, words, n_steps, t0, t1
-            )
+            # With an external input, one byte at a time: its table may depend on the
+            # bytes decoded just before.
+            step = 8 if external is not None else t1 - t0
+            for tb in range(t0, t1, step):
+                if external is not None:
+                    self.set_external(external(tb // 8, 1), tb // 8)
+                te = min(t1, tb + step)
+                self._kernel.decode_run(
+                    grid, active[tb - t0 : te - t0], model_active[tb - t0 : te - t0], rows,
+                    x, cursor, limit, words, n_steps, tb, te,
+                )  # fmt: skip
             decoder.account(model_active)
         self._finish_run(n_steps, lengths)
         return True

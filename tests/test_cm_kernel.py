@@ -159,6 +159,9 @@ def test_external_input_needs_its_tables() -> None:
         pred.predict(2)
         with pytest.raises(ValueError, match="tables must be"):
             pred.set_external(np.ones((3, 1, 256), dtype=np.int64), 0)
+        for bad in (-1, 1 << 32):
+            with pytest.raises(ValueError, match="entries"):
+                pred.set_external(np.full((2, 1, 256), bad, dtype=np.int64), 0)
     with pytest.raises(ValueError, match="no external input"):
         ContextMixPredictor(**SMALL).set_external(np.ones((1, 1, 256)), 0)
 
