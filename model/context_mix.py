@@ -21,9 +21,9 @@ State layout (see docs/context_mix.md):
 * per stream, cleared by ``begin``: the last 8 bytes, the partial byte, the word / column /
   field state, the match pointer, and the stream's row of the match history buffer.
 
-To add an input later (e.g. the transformer's bit probability, from partial sums of its
-256-entry table) the mixer only needs one more column in ``_x`` and in the weights:
-``_n_inputs`` is the single place that counts them.
+With ``external_input=True`` the mixer has one more input: P(next bit) from a 256-entry
+table per byte given by the caller (``set_external``); cm+transformer
+(model/cm_transformer.py) feeds it a checkpoint's distribution.
 """
 
 from __future__ import annotations

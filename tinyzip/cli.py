@@ -93,9 +93,12 @@ def _build_parser(action: str | None) -> argparse.ArgumentParser:
     parser.add_argument("-T", "--threads", type=int, metavar="N",
                         help="threads for the model's matrix products (default: all cores)")
     parser.add_argument("-m", "--model", metavar="MODEL",
-                        help="model: a .tzm path, a shipped model name, 'cm' (built-in adaptive "
-                        "model) or 'zstd' (no model); default: the shipped default model, else cm. "
-                        "When decompressing, where to find the archive's checkpoint if not shipped")
+                        help="model: 'cm' (built-in adaptive model), 'cm+CKPT' (cm with a "
+                        "byte-level .tzm checkpoint trained on your logs as one more input: much "
+                        "smaller on logs like its training data, ~10x slower), a .tzm path (the "
+                        "transformer alone), a shipped model name, or 'zstd' (no model); "
+                        "default: the shipped default model, else cm. When decompressing, where "
+                        "to find the archive's checkpoint if not shipped")
     parser.add_argument("--streams", type=int, default=None, metavar="B",
                         help="most chunks coded side by side per frame (default: the model's "
                         "choice, 1 for cm and 32 for transformer checkpoints): fewer compresses "
