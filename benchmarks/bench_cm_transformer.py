@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tinyzip
 from tinyzip.model.checkpoint import load_checkpoint
 from tinyzip.model.cm_transformer import CmTransformerPredictor
 from tinyzip.model.context_mix import ContextMixPredictor
 from tinyzip.model.transformer_predictor import TransformerPredictor
+
+import tinyzip
 
 MODES = ("transformer", "cm", "cm+transformer")
 
