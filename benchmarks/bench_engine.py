@@ -9,7 +9,7 @@ them. Step mode is timed with the attention window already full (the steady stat
 long stream: every step attends to W keys), after ``W`` warm-up steps; parallel mode over
 ``--length`` positions per stream. Rates count one token per byte (exact for the byte
 vocabulary; a BPE token covers more, see the frame rows). Each figure is the median of
-``--repeats`` runs, as wall clock and as process CPU time (on a shared machine the CPU
+``--repeats`` runs (numpy: one), as wall clock and as process CPU time (on a shared machine the CPU
 figure is the steadier one); the load average is recorded before and after.
 
 ``--frames`` adds whole-frame rows for trained checkpoints on real bytes: the compiled
@@ -76,9 +76,9 @@ def _engine_rows(args: argparse.Namespace) -> list[dict[str, object]]:
                     engine = Engine(ckpt, compiled=kind == "compiled", threads=threads)
                     for b in args.streams:
                         steps = args.steps if kind == "compiled" else max(8, args.steps // 8)
-                        length = args.length if kind == "compiled" else min(args.length, 256)
+                        repeats = args.repeats if kind == "compiled" else 1  # numpy: slow
                         tokens = np.random.default_rng(0).integers(
-                            0, vocab, size=(b, max(steps, length)))
+                            0, vocab, size=(b, max(steps, args.length)))
                         engine.reset(b)
                         inputs = np.full(b, engine.bos)
                         for t in range(config.window):  # fill the window: steady state
@@ -91,10 +91,10 @@ def _engine_rows(args: argparse.Namespace) -> list[dict[str, object]]:
                                 engine.step(tokens[:, t])
 
                         row = {"engine": kind, "vocab": vocab, "streams": b, "threads": threads,
-                               "step": _timed(run_steps, b * steps, args.repeats),
-                               "parallel": _timed(lambda e=engine, x=tokens[:, :length]:
-                                                  e.tables_parallel(x), b * length,
-                                                  args.repeats)}
+                               "step": _timed(run_steps, b * steps, repeats),
+                               "parallel": _timed(lambda e=engine, x=tokens[:, :args.length]:
+                                                  e.tables_parallel(x), b * args.length,
+                                                  repeats)}
                         print(json.dumps(row))
                         runs.append(row)
     return runs
@@ -156,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["compiled", "numpy"])
     parser.add_argument("--steps", type=int, default=256,
                         help="timed step-mode tokens per stream (numpy: / 8)")
-    parser.add_argument("--length", type=int, default=1024,
-                        help="parallel-mode T (numpy: at most 256)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--length", type=int, default=1024, help="parallel-mode T")
+    parser.add_argument("--repeats", type=int, default=3, help="(numpy: 1)")
     parser.add_argument("--frames", nargs="*", default=[], help="trained .tzm checkpoints")
     parser.add_argument("--data", help="raw bytes for --frames")
     parser.add_argument("--frame-streams", type=int, default=32)
