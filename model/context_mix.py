@@ -374,6 +374,16 @@ class ContextMixPredictor(Predictor):
     # ----------------------------------------------------------------- descriptor
 
     def descriptor(self) -> dict[str, Any]:
+        """What an archive header records: a preset's name when the parameters are one
+        (a few dozen bytes instead of ~370: it matters for small files), else them all."""
+        full = self.full_descriptor()
+        for name, params in PRESETS.items():
+            if params == full["params"]:
+                return {"name": self.name, "version": VERSION, "preset": name}
+        return full
+
+    def full_descriptor(self) -> dict[str, Any]:
+        """Every parameter spelled out (the form of archives made before presets)."""
         desc: dict[str, Any] = {
             "name": self.name,
             "version": VERSION,
@@ -937,6 +947,13 @@ def from_descriptor(desc: Any) -> ContextMixPredictor:
         raise CorruptInputError(f"not a context-mixing descriptor: {desc!r}")
     if desc.get("version") != VERSION:
         raise CorruptInputError(f"unknown context-mixing version {desc.get('version')!r}")
+    if "preset" in desc:
+        preset = desc["preset"]
+        if set(desc) != {"name", "version", "preset"} or not isinstance(preset, str) or (
+            preset not in PRESETS
+        ):
+            raise CorruptInputError(f"unknown context-mixing preset {preset!r}")
+        desc = {"name": "cm", "version": VERSION, "params": PRESETS[preset]}
     params = desc.get("params")
     if not isinstance(params, dict):
         raise CorruptInputError(f"context-mixing params must be an object, got {params!r}")
@@ -965,7 +982,7 @@ def from_descriptor(desc: Any) -> ContextMixPredictor:
         pred = ContextMixPredictor(**kwargs)
     except (ValueError, TypeError) as exc:
         raise CorruptInputError(f"bad context-mixing params: {exc}") from None
-    if pred.descriptor() != desc:
+    if pred.full_descriptor() != desc:
         raise CorruptInputError(f"non-canonical context-mixing descriptor: {desc!r}")
     return pred
 
@@ -985,3 +1002,18 @@ _PARAM_NAMES = frozenset(
 )
 #: Params added later: an archive without them used the earlier behaviour.
 _OPTIONAL_PARAM_NAMES = frozenset({"mixer_contexts", "external_input"})
+
+#: Named parameter sets an archive may give instead of the parameters themselves. Never
+#: change or remove one (archives name them); add a new name for new defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "l3-2026-11": {
+        "contexts": [
+            "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
+            "linepos", "shape", "above2", "shapefield", "template",
+        ],
+        "table_bits": 20, "history_bits": 22, "match_hash_bits": 20, "match_min": 6,
+        "counter_limit": 255, "mixer_shift": 13, "mixer_init": 8000, "apm_limit": 127,
+        "mixer_contexts": ["field", "column", "shape2", "byte2", "above", "match"],
+    },
+}  # fmt: skip
+PRESETS["l3-2026-11+external"] = {**PRESETS["l3-2026-11"], "external_input": True}
