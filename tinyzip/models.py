@@ -83,36 +83,36 @@ def _context_mix(level: str | None) -> Predictor:
         raise UsageError(f"unknown model level {level!r} for cm: {exc}") from exc
 
 
-def _checkpoint_choice(path: Path) -> ModelChoice:
-    from tinyzip.model.engine import load_predictor  # lazy: only archives with a checkpoint
+def _checkpoint_choice(path: Path, *, with_cm: bool = False) -> ModelChoice:
+    """A .tzm checkpoint's model: the transformer alone, or cm with it as an input."""
+    # lazy imports: only archives with a checkpoint need the engine
+    if with_cm:
+        from tinyzip.model.checkpoint import load_checkpoint
+        from tinyzip.model.cm_transformer import CmTransformerPredictor
 
-    predictor = load_predictor(path)
+        predictor: Predictor = CmTransformerPredictor(load_checkpoint(path))
+    else:
+        from tinyzip.model.engine import load_predictor
+
+        predictor = load_predictor(path)
     return ModelChoice(
         predictor=predictor,
         descriptor=predictor.descriptor(),
         model_id=predictor.model_id,
         model_bytes=path.stat().st_size,
-        label=f"{predictor.name} ({path.name})",
+        label=f"{'cm+transformer' if with_cm else predictor.name} ({path.name})",
     )
 
 
 def _cm_transformer_choice(spec: str) -> ModelChoice:
-    from tinyzip.model.checkpoint import load_checkpoint
-    from tinyzip.model.cm_transformer import CmTransformerPredictor
-
     shipped = packaged_checkpoints()
     path = shipped.get(spec, Path(spec))
     if not path.is_file():
         names = ", ".join(sorted(shipped)) or "none shipped"
-        raise UsageError(f"cm+{spec}: {spec!r} is neither a checkpoint file nor a shipped one ({names})")
-    predictor = CmTransformerPredictor(load_checkpoint(path))
-    return ModelChoice(
-        predictor=predictor,
-        descriptor=predictor.descriptor(),
-        model_id=predictor.model_id,
-        model_bytes=path.stat().st_size,
-        label=f"cm+transformer ({path.name})",
-    )
+        raise UsageError(
+            f"cm+{spec}: {spec!r} is neither a checkpoint file nor a shipped one ({names})"
+        )
+    return _checkpoint_choice(path, with_cm=True)
 
 
 def choose_model(model: ModelSpec) -> ModelChoice:
