@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_engine as te  # the engine tests' helpers (pytest puts tests/ on sys.path)
 from tinyzip.model import engine as engine_mod
 from tinyzip.model.checkpoint import (
     Checkpoint,
@@ -77,17 +78,6 @@ def _tokens(b: int, v: int, t: int = T, seed: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, v, size=(b, t))
 
 
-def _step_tables(engine: Engine, tokens: np.ndarray) -> np.ndarray:
-    b, t = tokens.shape
-    engine.reset(b)
-    inputs = np.full(b, engine.bos)
-    rows = []
-    for i in range(t):
-        rows.append(engine.step(inputs))
-        inputs = tokens[:, i]
-    return np.stack(rows, axis=1)
-
-
 def _compiled(ckpt: Checkpoint, *, simd: bool, threads: int = 1) -> Engine:
     engine = Engine(ckpt, compiled=True, threads=threads)
     engine._kernel = engine_mod._make_kernel(ckpt, simd=simd)
@@ -110,7 +100,7 @@ def test_compiled_tables_equal_numpy_tables(case: tuple[Checkpoint, np.ndarray],
     tokens = _tokens(64, ckpt.config.vocab_size)[:b]
     engine = _compiled(ckpt, simd=simd, threads=2)
     assert np.array_equal(engine.tables_parallel(tokens), reference[:b])
-    assert np.array_equal(_step_tables(engine, tokens), reference[:b])
+    assert np.array_equal(te._step_tables(engine, tokens), reference[:b])
 
 
 def test_reference_tables_exercise_the_edge_cases(case: tuple[Checkpoint, np.ndarray]) -> None:
@@ -125,7 +115,7 @@ def test_numpy_step_mode_agrees_on_the_trained_ish_checkpoints(
         case: tuple[Checkpoint, np.ndarray]) -> None:
     ckpt, reference = case
     tokens = _tokens(64, ckpt.config.vocab_size)[:7]
-    assert np.array_equal(_step_tables(Engine(ckpt, compiled=False), tokens), reference[:7])
+    assert np.array_equal(te._step_tables(Engine(ckpt, compiled=False), tokens), reference[:7])
 
 
 def test_long_sequences_wrap_the_ring_many_times(tmp_path: Path) -> None:
@@ -134,7 +124,7 @@ def test_long_sequences_wrap_the_ring_many_times(tmp_path: Path) -> None:
     reference = Engine(ckpt, compiled=False).tables_parallel(tokens)
     for simd in (True, False):
         engine = _compiled(ckpt, simd=simd)
-        assert np.array_equal(_step_tables(engine, tokens), reference)
+        assert np.array_equal(te._step_tables(engine, tokens), reference)
         assert np.array_equal(engine.tables_parallel(tokens, chunk=40), reference)
 
 
@@ -166,7 +156,7 @@ def test_stream_pass_blocks_equal_one_pass(tmp_path: Path, window: int, t: int) 
     for simd in (True, False):
         assert np.array_equal(_compiled(ckpt, simd=simd).tables_parallel(tokens), reference)
     # and the step mode past several ring wraps
-    assert np.array_equal(_step_tables(_compiled(ckpt, simd=True), tokens), reference)
+    assert np.array_equal(te._step_tables(_compiled(ckpt, simd=True), tokens), reference)
 
 
 def _frame(config_name: str, tmp: Path, dtype: type) -> tuple[Checkpoint, np.ndarray,
@@ -244,7 +234,7 @@ def test_golden_hash_holds_for_the_compiled_engine(tmp_path: Path) -> None:
     for simd in (True, False):
         engine = _compiled(ckpt, simd=simd)
         assert te._tables_hash(engine.tables_parallel(te._tokens(7))) == golden
-        assert te._tables_hash(_step_tables(engine, te._tokens(7))) == golden
+        assert te._tables_hash(te._step_tables(engine, te._tokens(7))) == golden
 
 
 def test_engine_uses_the_compiled_path_by_default_and_honours_pure_numpy(
