@@ -128,3 +128,12 @@ def test_archive_bytes_match_golden_hash(ckpt_path: Path) -> None:
     if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(got, indent=2) + "\n")
     assert got == json.loads(GOLDEN.read_text())
+
+
+def test_list_names_cm_and_the_checkpoint(ckpt_path: Path, tmp_path: Path, capsys) -> None:
+    from tinyzip import cli
+
+    archive = tmp_path / "x.tzp"
+    archive.write_bytes(tinyzip.compress(LOG, model=f"cm+{ckpt_path}"))
+    assert cli.main(["list", str(archive)]) == 0
+    assert "cm+tiny-test" in capsys.readouterr().out

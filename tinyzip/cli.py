@@ -516,6 +516,8 @@ def _list(names: list[str], args: argparse.Namespace, console: Console) -> int:
             continue
         desc = header.descriptor
         model = desc.get("name_hint") or desc.get("name", "?")
+        if desc.get("name") == "cm+transformer":
+            model = f"cm+{model}"
         share = ", ".join(
             f"{m.name.lower()} {100 * n / total:.0f}%" for m, n in modes.items() if n and total
         )
