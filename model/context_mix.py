@@ -698,7 +698,7 @@ class ContextMixPredictor(Predictor):
         mlen = np.where(self._mok[:n], np.minimum(self._mlen[:n], 31), 0)
         return mlen * 2 + self._ebit[:n, bit]
 
-    def set_external(self, tables: np.ndarray, first_byte: int) -> None:
+    def set_external(self, tables: np.ndarray, first_byte: int, *, trusted: bool = False) -> None:
         """Give the external input's tables for bytes ``first_byte ..`` of every stream.
 
         ``tables``: (B, K, 256) integer frequencies in [0, 2**32), the distribution of
@@ -713,7 +713,8 @@ class ContextMixPredictor(Predictor):
         if tab.ndim != 3 or tab.shape[0] != max(self._b, 1) or tab.shape[2] != 256:
             raise ValueError(f"tables must be ({max(self._b, 1)}, K, 256), got {tab.shape}")
         tab = np.ascontiguousarray(tab, dtype=np.int64)
-        if tab.size and (tab.min() < 0 or tab.max() >= 1 << 32):
+        # trusted: the caller copied uint32 tables (an engine's), in range by construction
+        if not trusted and tab.size and (tab.min() < 0 or tab.max() >= 1 << 32):
             raise ValueError("external table entries must lie in [0, 2**32)")
         self._ext = tab
         self._ext_first = int(first_byte)
@@ -831,7 +832,7 @@ class ContextMixPredictor(Predictor):
 
     def decode_frame(
         self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,
-        on_step: Any = None, external: Any = None,
+        on_step: Any = None, external: Any = None, trusted_tables: bool = False,
     ) -> bool:  # fmt: skip
         """Decode the frame's model rows with the C loops (see Predictor.decode_frame).
 
@@ -852,7 +853,7 @@ class ContextMixPredictor(Predictor):
             step = 8 if external is not None else t1 - t0
             for tb in range(t0, t1, step):
                 if external is not None:
-                    self.set_external(external(tb // 8, 1), tb // 8)
+                    self.set_external(external(tb // 8, 1), tb // 8, trusted=trusted_tables)
                 te = min(t1, tb + step)
                 self._kernel.decode_run(
                     grid, active[tb - t0 : te - t0], model_active[tb - t0 : te - t0], rows,
