@@ -43,10 +43,14 @@ class CmTransformerPredictor(Predictor):
 
     def __init__(
         self, checkpoint: Checkpoint, *, cm: ContextMixPredictor | None = None,
-        compiled: bool | None = None,
+        compiled: bool | None = None, backend: str = "numpy",
     ) -> None:  # fmt: skip
+        # backend: the engine's ("torch" runs its matmuls in torch, never compiled); the
+        # tables, and so the archives, are the same with every backend and compiled or not
         self.checkpoint = checkpoint
-        self.transformer = TransformerPredictor(checkpoint, compiled=compiled)
+        self.transformer = TransformerPredictor(
+            checkpoint, backend=backend, compiled=compiled if backend == "numpy" else False
+        )
         if checkpoint.tokenizer_table != tuple(bytes([i]) for i in range(256)):
             raise UsageError(
                 f"cm+transformer needs a byte-level checkpoint; {checkpoint.name} has a "

@@ -137,3 +137,21 @@ def test_list_names_cm_and_the_checkpoint(ckpt_path: Path, tmp_path: Path, capsy
     archive.write_bytes(tinyzip.compress(LOG, model=f"cm+{ckpt_path}"))
     assert cli.main(["list", str(archive)]) == 0
     assert "cm+tiny-test" in capsys.readouterr().out
+
+
+@needs_kernel
+def test_archives_do_not_depend_on_engine_threads_or_backend(
+    ckpt_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    data = LOG + random.Random(5).randbytes(64)
+    ckpt = load_checkpoint(ckpt_path)
+    blobs = []
+    for threads, backend in (("1", "numpy"), ("2", "numpy"), ("1", "torch")):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        cm = ContextMixPredictor(external_input=True, **SMALL)
+        pred = CmTransformerPredictor(ckpt, cm=cm, backend=backend)
+        blob = tinyzip.compress(data, model=pred, streams=3, frame_size=200)
+        assert tinyzip.decompress(blob, model=pred) == data
+        blobs.append(blob)
+    assert blobs[0] == blobs[1] == blobs[2]
