@@ -119,10 +119,10 @@ typedef struct {
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
     /* The external input (P_NEXT = 1): tables (B, ext_k, 256) int64 (each entry in
-     * [0, 2**32), checked by the caller) of the bytes ext_first .. ext_first + ext_k - 1,
-     * bound by set_ext. */
+     * [0, 2**32), checked by the caller) or uint32 (an engine's, read in place) of the
+     * bytes ext_first .. ext_first + ext_k - 1, bound by set_ext. */
     Py_buffer ext;
-    int ext_held;
+    int ext_held, ext_u32;
     i64 ext_k, ext_first;
 } Kernel;
 
@@ -426,11 +426,17 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
 static inline int ext_input(const Kernel *k, i64 i, i64 step, int bit, i64 c0, i64 *xout) {
     i64 row = step - k->ext_first;
     if (!k->ext_held || row < 0 || row >= k->ext_k) return -1;
-    const i64 *tab = (const i64 *)k->ext.buf + (i * k->ext_k + row) * 256;
     i64 lo = (c0 - ((i64)1 << bit)) << (8 - bit), half = (i64)1 << (7 - bit);
     i64 s0 = 0, s1 = 0; /* < 2**40: at most 256 entries below 2**32 */
-    for (i64 j = lo; j < lo + half; j++) s0 += tab[j];
-    for (i64 j = lo + half; j < lo + 2 * half; j++) s1 += tab[j];
+    if (k->ext_u32) {
+        const uint32_t *tab = (const uint32_t *)k->ext.buf + (i * k->ext_k + row) * 256;
+        for (i64 j = lo; j < lo + half; j++) s0 += tab[j];
+        for (i64 j = lo + half; j < lo + 2 * half; j++) s1 += tab[j];
+    } else {
+        const i64 *tab = (const i64 *)k->ext.buf + (i * k->ext_k + row) * 256;
+        for (i64 j = lo; j < lo + half; j++) s0 += tab[j];
+        for (i64 j = lo + half; j < lo + 2 * half; j++) s1 += tab[j];
+    }
     i64 s = s0 + s1;
     i64 p = s > 0 ? (s1 * 4096 + s / 2) / s : 2048;
     p = p < 1 ? 1 : (p > 4095 ? 4095 : p);
@@ -581,15 +587,21 @@ static PyObject *Kernel_set_ext(Kernel *k, PyObject *args) {
     Py_buffer v;
     if (PyObject_GetBuffer(arr, &v, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
     i64 b = k->prm[P_B] > 0 ? k->prm[P_B] : 1;
-    if (v.itemsize != 8 || v.len % (b * 256 * 8) || first < 0) {
+    /* int64 ('q'/'l') or uint32 ('I'/'L' of 4 bytes) entries */
+    char f = v.format ? v.format[v.format[0] == '<' || v.format[0] == '=' ? 1 : 0] : 'B';
+    int u32 = v.itemsize == 4 && (f == 'I' || f == 'L');
+    int i64ok = v.itemsize == 8 && (f == 'q' || f == 'l');
+    if (!(u32 || i64ok) || v.len % (b * 256 * v.itemsize) || first < 0) {
         PyBuffer_Release(&v);
-        PyErr_SetString(PyExc_ValueError, "Kernel.set_ext: want (B, K, 256) int64 tables");
+        PyErr_SetString(PyExc_ValueError,
+                        "Kernel.set_ext: want (B, K, 256) int64 or uint32 tables");
         return NULL;
     }
     if (k->ext_held) PyBuffer_Release(&k->ext);
     k->ext = v;
     k->ext_held = 1;
-    k->ext_k = v.len / (b * 256 * 8);
+    k->ext_u32 = u32;
+    k->ext_k = v.len / (b * 256 * v.itemsize);
     k->ext_first = first;
     Py_RETURN_NONE;
 }
@@ -860,7 +872,7 @@ static PyMethodDef Kernel_methods[] = {
     {"predict", (PyCFunction)Kernel_predict, METH_VARARGS,
      "predict(n, bit, step, out): the (n, 2) uint32 tables of streams 0..n-1 into out."},
     {"set_ext", (PyCFunction)Kernel_set_ext, METH_VARARGS,
-     "set_ext(tables, first): the external input's tables (B, K, 256) int64 "
+     "set_ext(tables, first): the external input's tables (B, K, 256) int64 or uint32 "
      "for bytes first .. first + K - 1."},
     {"update", (PyCFunction)Kernel_update, METH_VARARGS,
      "update(y, n, bit, step): learn the bits y (n,) int64; per-nibble and per-byte work "

@@ -701,7 +701,8 @@ class ContextMixPredictor(Predictor):
     def set_external(self, tables: np.ndarray, first_byte: int, *, trusted: bool = False) -> None:
         """Give the external input's tables for bytes ``first_byte ..`` of every stream.
 
-        ``tables``: (B, K, 256) integer frequencies in [0, 2**32), the distribution of
+        ``tables``: (B, K, 256) integer frequencies in [0, 2**32) (int64, or uint32 read
+        in place: the model reads them until the next set_external), the distribution of
         byte ``first_byte + k`` of each stream (a row summing to 0 gives 1/2); predict reads
         P(next bit = 1) from the row of the byte being coded, as the exact ratio of the
         sum over the byte values that extend the partial byte with a 1 to the sum over
@@ -712,9 +713,14 @@ class ContextMixPredictor(Predictor):
         tab = np.asarray(tables)
         if tab.ndim != 3 or tab.shape[0] != max(self._b, 1) or tab.shape[2] != 256:
             raise ValueError(f"tables must be ({max(self._b, 1)}, K, 256), got {tab.shape}")
-        tab = np.ascontiguousarray(tab, dtype=np.int64)
+        if tab.dtype == np.uint32:  # an engine's tables: in range by type, read in place
+            tab = np.ascontiguousarray(tab)
+        else:
+            tab = np.ascontiguousarray(tab, dtype=np.int64)
         # trusted: the caller copied uint32 tables (an engine's), in range by construction
-        if not trusted and tab.size and (tab.min() < 0 or tab.max() >= 1 << 32):
+        if not trusted and tab.dtype != np.uint32 and tab.size and (
+            tab.min() < 0 or tab.max() >= 1 << 32
+        ):
             raise ValueError("external table entries must lie in [0, 2**32)")
         self._ext = tab
         self._ext_first = int(first_byte)
@@ -727,7 +733,7 @@ class ContextMixPredictor(Predictor):
 
     def _external_stretch(self, n: int, bit: int, c0: I64) -> I64:
         """stretch(P(bit = 1)) from each stream's table of the current byte (reference)."""
-        tab = self._ext[:n, self._step - self._ext_first]  # (n, 256)
+        tab = self._ext[:n, self._step - self._ext_first].astype(np.int64)  # (n, 256)
         cum = np.zeros((n, 257), dtype=np.int64)
         np.cumsum(tab, axis=1, out=cum[:, 1:])
         lo = (c0 - (1 << bit)) << (8 - bit)
@@ -837,7 +843,9 @@ class ContextMixPredictor(Predictor):
         """Decode the frame's model rows with the C loops (see Predictor.decode_frame).
 
         ``external(first_byte, 1)``: as for encode_frame, asked for before every byte
-        (its table may depend on the bytes decoded so far, which are in ``grid``)."""
+        (its table may depend on the bytes decoded so far, which are in ``grid``);
+        ``trusted_tables``: it returns (B, 1, 256) uint32, or int64 in range, handed to
+        the kernel as they are."""
         if not self.compiled or grid.dtype != np.uint8 or decoder.freq_bits != 16:
             return False
         n_rows, n_steps = grid.shape
@@ -846,6 +854,8 @@ class ContextMixPredictor(Predictor):
         self.begin(n_rows)
         model_lengths = lengths[rows]
         x, cursor, limit, words = decoder.raw_state()
+        # uint32 tables of the right shape, read in place: nothing to check or convert
+        fast_ext = trusted_tables and self.external_input
         for t0, t1, active in self._blocks(n_steps, lengths, on_step):
             model_active = active_counts(model_lengths, t0, t1)
             # With an external input, one byte at a time: its table may depend on the
@@ -853,7 +863,11 @@ class ContextMixPredictor(Predictor):
             step = 8 if external is not None else t1 - t0
             for tb in range(t0, t1, step):
                 if external is not None:
-                    self.set_external(external(tb // 8, 1), tb // 8, trusted=trusted_tables)
+                    tab = external(tb // 8, 1)
+                    if fast_ext:  # (set_external's checks, a tenth of the time per byte)
+                        self._kernel.set_ext(tab, tb // 8)
+                    else:
+                        self.set_external(tab, tb // 8, trusted=trusted_tables)
                 te = min(t1, tb + step)
                 self._kernel.decode_run(
                     grid, active[tb - t0 : te - t0], model_active[tb - t0 : te - t0], rows,
@@ -1018,3 +1032,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 PRESETS["l3-2026-11+external"] = {**PRESETS["l3-2026-11"], "external_input": True}
+# level 1 (--adapt fast)
+PRESETS["l1-2026-11"] = {**PRESETS["l3-2026-11"], "contexts": ["o1", "o2", "o3", "o4"]}
+PRESETS["l1-2026-11+external"] = {**PRESETS["l1-2026-11"], "external_input": True}
