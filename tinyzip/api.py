@@ -37,12 +37,13 @@ def _writer(
     dst: BinaryIO,
     model: ModelSpec,
     *,
+    adapt: str | None,
     streams: int | None,
     frame_size: int,
     original_size: int | None,
     on_progress: ProgressCallback | None = None,
 ) -> ArchiveWriter:
-    choice = choose_model(model)
+    choice = choose_model(model, adapt)
     if streams is None and getattr(choice.predictor, "compiled", True) is False:
         warnings.warn(
             "tinyzip: the compiled cm kernel is missing (no C compiler at install?), so one "
@@ -71,19 +72,23 @@ def compress(
     data: bytes,
     model: ModelSpec = None,
     *,
+    adapt: str | None = None,
     streams: int | None = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
 ) -> bytes:
     """Compress ``data`` into a .tzp archive held in memory.
 
     ``model``: None (the shipped default), "cm", "zstd", a checkpoint name or path.
+    ``adapt``: online learning, "none" (a checkpoint alone), "fast" or "max"; None: the
+    model's default ("max", or "none" for a BPE checkpoint). See tinyzip.models.
     ``streams``: most chunks per frame coded side by side (speed vs ratio); None: the
     model's own default (1 for cm, whose compiled loop needs no batching).
     """
     out = io.BytesIO()
     writer = _writer(
-        out, model, streams=streams, frame_size=frame_size, original_size=len(data)
-    )
+        out, model, adapt=adapt, streams=streams, frame_size=frame_size,
+        original_size=len(data),
+    )  # fmt: skip
     writer.write(data)
     writer.close()
     return out.getvalue()
@@ -100,6 +105,7 @@ def compress_stream(
     dst: BinaryIO,
     model: ModelSpec = None,
     *,
+    adapt: str | None = None,
     streams: int | None = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
     original_size: int | None = None,
@@ -109,6 +115,7 @@ def compress_stream(
     writer = _writer(
         dst,
         model,
+        adapt=adapt,
         streams=streams,
         frame_size=frame_size,
         original_size=original_size,
@@ -149,6 +156,7 @@ class TinyzipFile(io.BufferedIOBase):
         mode: str = "rb",
         *,
         model: ModelSpec = None,
+        adapt: str | None = None,
         streams: int | None = DEFAULT_STREAMS,
         frame_size: int = DEFAULT_FRAME_SIZE,
     ) -> None:
@@ -170,8 +178,9 @@ class TinyzipFile(io.BufferedIOBase):
             self._frames = ArchiveReader(self._fp, resolver(model)).frames()
         else:
             self._writer = _writer(
-                self._fp, model, streams=streams, frame_size=frame_size, original_size=None
-            )
+                self._fp, model, adapt=adapt, streams=streams, frame_size=frame_size,
+                original_size=None,
+            )  # fmt: skip
 
     def readable(self) -> bool:
         return self._mode == "r"
@@ -245,10 +254,13 @@ def open(  # noqa: A001 - mirrors lzma.open / gzip.open
     mode: str = "rb",
     *,
     model: ModelSpec = None,
+    adapt: str | None = None,
     streams: int | None = DEFAULT_STREAMS,
     frame_size: int = DEFAULT_FRAME_SIZE,
 ) -> TinyzipFile:
     """Open a .tzp archive as a binary file object (text mode is not supported)."""
     if "t" in mode:
         raise UsageError("tinyzip.open supports binary modes only ('rb', 'wb', 'xb')")
-    return TinyzipFile(file, mode, model=model, streams=streams, frame_size=frame_size)
+    return TinyzipFile(
+        file, mode, model=model, adapt=adapt, streams=streams, frame_size=frame_size
+    )

@@ -42,6 +42,8 @@ examples:
   tinyzip -d -c app.log.tzp | less decompress to stdout
   tinyzip -r logs/ --rm            compress every file under logs/, removing the originals
   tinyzip -m mylogs.tzm app.log    compress with a model trained by 'tinyzip train'
+  tinyzip -m mylogs.tzm --adapt none app.log
+                                   the checkpoint alone, no online learning (fast, frozen)
   tinyzip -m cm app.log            use the built-in adaptive model (no checkpoint)
   tinyzip list app.log.tzp         sizes, ratio, bits per byte and the model of an archive
   tinyzip test app.log.tzp         check an archive without writing anything
@@ -93,16 +95,24 @@ def _build_parser(action: str | None) -> argparse.ArgumentParser:
     parser.add_argument("-T", "--threads", type=int, metavar="N",
                         help="threads for the model's matrix products (default: all cores)")
     parser.add_argument("-m", "--model", metavar="MODEL",
-                        help="model: 'cm' (built-in adaptive model), 'cm+CKPT' (cm with a "
-                        "byte-level .tzm checkpoint trained on your logs as one more input: much "
-                        "smaller on logs like its training data, ~10x slower), a .tzm path (the "
-                        "transformer alone), a shipped model name, or 'zstd' (no model); "
-                        "default: the shipped default model, else cm. When decompressing, where "
-                        "to find the archive's checkpoint if not shipped")
+                        help="model: a .tzm checkpoint trained on your logs (path or shipped "
+                        "name), 'cm' (the built-in adaptive model, no checkpoint) or 'zstd' (no "
+                        "model); default: the shipped default model, else cm. 'cm+CKPT' is CKPT "
+                        "at --adapt max. When decompressing: where to find the archive's "
+                        "checkpoint if it is not shipped")
+    parser.add_argument("--adapt", choices=("none", "fast", "max"), default=None,
+                        help="online learning while coding (recorded in the archive, decoding "
+                        "needs no flag): 'max' (default) mixes the checkpoint's predictions into "
+                        "cm, which learns the file as it goes: the best ratio, ~50 KB/s "
+                        "compressing and ~30 decompressing with a small checkpoint; 'fast' does "
+                        "the same with a lighter cm; 'none' codes with the checkpoint alone, "
+                        "frozen (fast with --streams 32, but poor on data unlike its training "
+                        "data; the only level for BPE checkpoints). Without a checkpoint, cm is "
+                        "all adaptation: 'max' or 'fast' (~1.3x faster, ~10%% larger)")
     parser.add_argument("--streams", type=int, default=None, metavar="B",
                         help="most chunks coded side by side per frame (default: the model's "
-                        "choice, 1 for cm and 32 for transformer checkpoints): fewer compresses "
-                        "better, more is faster for batched models")
+                        "choice, 1 for cm and cm+checkpoint, 32 for a checkpoint alone): fewer "
+                        "compresses better, more is faster for batched models")
     parser.add_argument("--frame-size", type=_size, default=None, metavar="BYTES",
                         help="raw bytes per frame, e.g. 1M (default 512K; bounds memory)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summaries or progress")
@@ -186,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser(action)
     args = parser.parse_args(argv)
     args.action = action or args.action or "compress"
+    if args.adapt is not None and args.action != "compress":
+        parser.error("--adapt applies to compression; an archive records its own level")
     if args.threads is not None:
         if args.threads < 1:
             parser.error("-T/--threads must be >= 1")
@@ -418,6 +430,7 @@ def _run_codec(
             reader,  # type: ignore[arg-type]
             writer,  # type: ignore[arg-type]
             args.model,
+            adapt=args.adapt,
             streams=args.streams,
             frame_size=args.frame_size or DEFAULT_FRAME_SIZE,
             original_size=size,
@@ -480,6 +493,7 @@ def _list(names: list[str], args: argparse.Namespace, console: Console) -> int:
     from tinyzip.coder.archive import ArchiveReader
     from tinyzip.coder.container import ChunkMode, EndRecord
     from tinyzip.errors import TinyzipError
+    from tinyzip.models import adapt_level
 
     status = 0
     rows = []
@@ -518,6 +532,9 @@ def _list(names: list[str], args: argparse.Namespace, console: Console) -> int:
         model = desc.get("name_hint") or desc.get("name", "?")
         if desc.get("name") == "cm+transformer":
             model = f"cm+{model}"
+        level = adapt_level(desc)
+        if level and level != "max":
+            model = f"{model} ({level})"
         share = ", ".join(
             f"{m.name.lower()} {100 * n / total:.0f}%" for m, n in modes.items() if n and total
         )

@@ -72,7 +72,7 @@ def _default_checkpoint() -> Path | None:
     return None
 
 
-def _context_mix(level: str | None) -> Predictor:
+def _context_mix(level: str | int | None) -> Predictor:
     from tinyzip.model.context_mix import ContextMixPredictor
 
     if level is None:
@@ -83,63 +83,118 @@ def _context_mix(level: str | None) -> Predictor:
         raise UsageError(f"unknown model level {level!r} for cm: {exc}") from exc
 
 
-def _checkpoint_choice(path: Path, *, with_cm: bool = False) -> ModelChoice:
-    """A .tzm checkpoint's model: the transformer alone, or cm with it as an input."""
+#: Online adaptation levels (``--adapt``, ``adapt=``): how much the model learns the data
+#: at hand while it codes, on top of what a checkpoint knows. "none": the checkpoint
+#: alone, frozen; "fast": cm at level 1 (four order-k contexts); "max": cm at its default
+#: level (model/context_mix.py LEVELS). With a checkpoint, "fast" and "max" mix its
+#: distribution into cm as one more input (cm+transformer). The archive header records
+#: the predictor and its parameters, so decoding needs no flag.
+ADAPT_LEVELS = ("none", "fast", "max")
+#: Used when none is given: the best ratio, still >= 30 KB/s each way (issue #6).
+DEFAULT_ADAPT = "max"
+_FAST_CM_LEVEL = 1
+
+
+def _cm_level(adapt: str) -> int | None:
+    """cm level for an adaptation level (None: the default level)."""
+    return _FAST_CM_LEVEL if adapt == "fast" else None
+
+
+def adapt_level(descriptor: dict[str, Any]) -> str:
+    """The --adapt level an archive's descriptor amounts to: "none", "fast", "max",
+    "custom" (cm parameters of no level) or "" (no model)."""
+    name = descriptor.get("name")
+    if name == "transformer":
+        return "none"
+    cm = descriptor.get("cm") if name == "cm+transformer" else descriptor
+    if not isinstance(cm, dict) or cm.get("name") != "cm":
+        return ""
+    preset = str(cm.get("preset", ""))
+    return {"l3": "max", "l1": "fast"}.get(preset[:2], "custom")
+
+
+def _check_adapt(adapt: str | None) -> None:
+    if adapt is not None and adapt not in ADAPT_LEVELS:
+        raise UsageError(f"--adapt must be one of {', '.join(ADAPT_LEVELS)}, got {adapt!r}")
+
+
+def _checkpoint_choice(path: Path, adapt: str | None, *, explicit_cm: bool = False) -> ModelChoice:
+    """A .tzm checkpoint's model: the transformer alone (adapt "none"), or cm at the
+    level's depth with the checkpoint's tables as an input. Without a level: "max" for a
+    byte-level checkpoint, the transformer alone for a BPE one (cm codes bytes)."""
     # lazy imports: only archives with a checkpoint need the engine
-    if with_cm:
-        from tinyzip.model.checkpoint import load_checkpoint
-        from tinyzip.model.cm_transformer import CmTransformerPredictor
+    from tinyzip.model.checkpoint import load_checkpoint
 
-        predictor: Predictor = CmTransformerPredictor(load_checkpoint(path))
+    checkpoint = load_checkpoint(path)
+    byte_level = checkpoint.tokenizer_table == tuple(bytes([i]) for i in range(256))
+    if adapt is None:
+        adapt = DEFAULT_ADAPT if byte_level or explicit_cm else "none"
+    predictor: Predictor
+    if adapt == "none":
+        from tinyzip.model.transformer_predictor import TransformerPredictor
+
+        predictor = TransformerPredictor(checkpoint)
     else:
-        from tinyzip.model.engine import load_predictor
+        from tinyzip.model.cm_transformer import CmTransformerPredictor
+        from tinyzip.model.context_mix import ContextMixPredictor
 
-        predictor = load_predictor(path)
+        cm = ContextMixPredictor(level=_cm_level(adapt), external_input=True)
+        predictor = CmTransformerPredictor(checkpoint, cm=cm)
     return ModelChoice(
         predictor=predictor,
         descriptor=predictor.descriptor(),
         model_id=predictor.model_id,
         model_bytes=path.stat().st_size,
-        label=f"{'cm+transformer' if with_cm else predictor.name} ({path.name})",
+        label=f"{predictor.name} ({path.name}, adapt {adapt})",
     )
 
 
-def _cm_transformer_choice(spec: str) -> ModelChoice:
+def _checkpoint_path(spec: str, what: str) -> Path:
     shipped = packaged_checkpoints()
     path = shipped.get(spec, Path(spec))
     if not path.is_file():
-        names = ", ".join(sorted(shipped)) or "none shipped"
-        raise UsageError(
-            f"cm+{spec}: {spec!r} is neither a checkpoint file nor a shipped one ({names})"
-        )
-    return _checkpoint_choice(path, with_cm=True)
+        names = ", ".join(["cm", "zstd", *sorted(shipped)])
+        raise UsageError(f"{what} {spec!r} is neither a file nor a known model ({names})")
+    return path
 
 
-def choose_model(model: ModelSpec) -> ModelChoice:
-    """The model to compress with, from what a user or caller asked for."""
+def choose_model(model: ModelSpec, adapt: str | None = None) -> ModelChoice:
+    """The model to compress with, from what a user or caller asked for.
+
+    ``adapt`` (one of ADAPT_LEVELS, None: the model's default) sets how much it learns
+    online; a model name that fixes it already (``cm:LEVEL``, ``cm+CKPT``) takes none
+    that disagrees.
+    """
+    _check_adapt(adapt)
     if isinstance(model, Predictor):
+        if adapt is not None:
+            raise UsageError("adapt= applies to model names, not to a Predictor object")
         return ModelChoice(model, model.descriptor(), model.model_id, 0, model.name)
     if model is None:
         default = _default_checkpoint()
         if default is not None:
-            return _checkpoint_choice(default)
+            return _checkpoint_choice(default, adapt)
         model = "cm"
     text = os.fspath(model)
     if text == "zstd":
+        if adapt not in (None, "none"):
+            raise UsageError(f"--adapt {adapt}: 'zstd' has no model to adapt")
         return ModelChoice(None, NO_MODEL, _descriptor_id(NO_MODEL), 0, "zstd")
     if text == "cm" or text.startswith("cm:"):
-        predictor = _context_mix(text[3:] if text.startswith("cm:") else None)
+        if text.startswith("cm:") and adapt is not None:
+            raise UsageError(f"give either the level in the model name ({text}) or --adapt")
+        if adapt == "none":
+            raise UsageError(
+                "--adapt none leaves cm nothing to do (it is all online learning): give a "
+                "checkpoint with -m to code with a frozen model, or -m zstd"
+            )
+        predictor = _context_mix(text[3:] if text.startswith("cm:") else _cm_level(adapt or ""))
         return ModelChoice(predictor, predictor.descriptor(), predictor.model_id, 0, "cm")
     if text.startswith("cm+"):
-        return _cm_transformer_choice(text[3:])
-    shipped = packaged_checkpoints()
-    if text in shipped:
-        return _checkpoint_choice(shipped[text])
-    path = Path(text)
-    if not path.is_file():
-        names = ", ".join(["cm", "zstd", *sorted(shipped)])
-        raise UsageError(f"model {text!r} is neither a file nor a known model ({names})")
-    return _checkpoint_choice(path)
+        if adapt == "none":
+            raise UsageError(f"-m {text} mixes cm in; for the checkpoint alone use -m {text[3:]}")
+        return _checkpoint_choice(_checkpoint_path(text[3:], text), adapt, explicit_cm=True)
+    return _checkpoint_choice(_checkpoint_path(text, "model"), adapt)
 
 
 def model_bytes(model: ModelSpec) -> int:

@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", metavar="M", default=None,
                    help="tinyzip model: a .tzm path, a shipped name, 'cm' or 'zstd' "
                    "(default: the shipped default)")
-    p.add_argument("--adapt", metavar="LEVEL", default=None,
-                   help="tinyzip online adaptation level: tinyzip.compress(adapt=LEVEL), or the "
-                   "model cm:LEVEL where the API sets it there")
+    p.add_argument("--adapt", choices=("none", "fast", "max"), default=None,
+                   help="tinyzip's online adaptation level, as 'tinyzip --adapt' (default: "
+                   "the model's, max for cm and byte-level checkpoints)")
     p.add_argument("--codecs", metavar="LIST", default=None,
                    help="comma-separated codecs to run, by first word: gzip,bzip2,xz,zstd,"
                    "brotli,ppmd,paq8px,cmix,zpaq,tinyzip (default: all available); "

@@ -270,18 +270,6 @@ def tinyzip_codec(
     opts = dict(options or {})
     params = inspect.signature(tinyzip.compress).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "adapt" in opts and "adapt" not in params and not takes_kwargs:
-        # This tinyzip sets the adaptation level in the model name (``cm:LEVEL``), and only
-        # for the built-in context-mixing model.
-        level = opts.pop("adapt")
-        if model is None and not _default_is_checkpoint():
-            model = "cm"
-        if model is None or os.fspath(model) != "cm":
-            raise UsageError(
-                f"--adapt {level}: this tinyzip sets a level only for the built-in model "
-                "(--model cm)"
-            )
-        model = f"cm:{level}"
     for key in opts:
         if key not in params and not takes_kwargs:
             raise UsageError(f"tinyzip.compress has no option {key!r} (for --{key})")
@@ -297,15 +285,6 @@ def tinyzip_codec(
         return tinyzip.decompress(b, model)
 
     return Codec(label, compress, decompress, model_bytes=n_model, kind="tinyzip")
-
-
-def _default_is_checkpoint() -> bool:
-    """Whether tinyzip's default model is a shipped checkpoint (else the built-in cm)."""
-    try:
-        from tinyzip.models import packaged_checkpoints
-    except ImportError:
-        return True
-    return any(n == "default" or n.startswith("default-") for n in packaged_checkpoints())
 
 
 # --- the registry ----------------------------------------------------------------------------
