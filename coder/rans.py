@@ -1,34 +1,40 @@
 """rANS entropy coder over B independent streams, vectorised with numpy.
 
 The coder is exact integer arithmetic on caller-supplied frequency tables: every row of a
-table holds integer frequencies summing to ``M = 2**freq_bits`` (``freq_bits <= 16``), so the
+table holds integer frequencies summing to ``M = 2**freq_bits`` (``freq_bits <= 20``), so the
 bitstream depends on nothing but the tables and the symbols (no float, no library version).
 
 State and renormalisation (ryg's "rans_word" variant, see docs/coder.md):
 
-* the state ``x`` of each stream lives in ``[L, 2**32)`` with ``L = 2**16``;
-* words are 16 bits; since ``M`` divides ``L`` (freq_bits <= 16) one word per symbol is
-  always enough, so renormalisation is a single branch-free ``np.where`` per step;
+* the state ``x`` of each stream lives in ``[L, L * 2**16)`` with ``L = 2**max(16, freq_bits)``
+  (``[2**16, 2**32)`` for every ``freq_bits <= 16``, the usual case; large vocabularies use
+  up to 20 bits so that the floor of one count per symbol costs little mass);
+* words are 16 bits; for freq_bits <= 16 one word per symbol is always enough, so
+  renormalisation is a single branch-free ``np.where`` per step; above 16 bits a symbol
+  rarer than 2**(freq_bits - 16) / M may need two words (never more, as L <= 2**20);
 * encoding a symbol with range ``[start, start + freq)``::
 
-      if x >= freq << (32 - freq_bits): emit x & 0xFFFF; x >>= 16
+      while x >= freq << (16 + log2(L) - freq_bits): emit x & 0xFFFF; x >>= 16
       x = (x // freq) * M + x % freq + start
 
 * decoding inverts it exactly::
 
       slot = x % M;  find s with start_s <= slot < start_s + freq_s
       x = freq_s * (x >> freq_bits) + slot - start_s
-      if x < L: x = (x << 16) | next word
+      while x < L: x = (x << 16) | next word
+
+  (the decoder reads at step t, last emitted first, the words the encoder emitted there).
 
 rANS is last-in first-out, so the encoder runs over the symbols in reverse and the decoder
 reads forwards; both start/end at the state ``L``. Payload of a stream (all little-endian)::
 
-    final encoder state: 4 bytes (uint32) | words: 2 bytes each (uint16), in decoding order
+    final encoder state: 4 bytes (uint32; 5 bytes when freq_bits > 16) | words: 2 bytes
+    each (uint16), in decoding order
 
 A zero-length stream has the empty payload ``b""``.
 
 The decoder reads hostile data: it never indexes outside its buffers (reading past the end
-of a payload yields zero words and is counted), its state stays below ``2**32`` whatever the
+of a payload yields zero words and is counted), its state stays below ``L * 2**16`` whatever the
 payload, each ``decode`` call costs O(streams * symbols) and nothing else, and ``finish``
 reports every departure from a canonical payload as :class:`CorruptInputError`.
 """
@@ -43,15 +49,23 @@ from numpy.typing import NDArray
 
 from tinyzip.errors import CorruptInputError, UsageError
 
-#: Lower bound of the coder state; the state always lies in [STATE_LOWER, 2**32).
+#: Lower bound of the coder state for freq_bits <= 16; the state lies in [STATE_LOWER, 2**32).
 STATE_LOWER = 1 << 16
 #: Bits per renormalisation word.
 WORD_BITS = 16
-#: Largest supported ``freq_bits``: beyond it M no longer divides L, and one 16-bit word per
-#: symbol would no longer be enough to renormalise.
-MAX_FREQ_BITS = 16
+#: Largest supported ``freq_bits``: the state then needs 36 bits (int64 arithmetic with room
+#: to spare, 5 bytes in a payload).
+MAX_FREQ_BITS = 20
 
-_STATE_BYTES = 4
+
+def lower_bits(freq_bits: int) -> int:
+    """log2 of the state's lower bound L for ``freq_bits``: M = 2**freq_bits must divide L."""
+    return max(WORD_BITS, int(freq_bits))
+
+
+def state_bytes(freq_bits: int) -> int:
+    """Bytes of the final state at the head of a payload: 4 up to freq_bits 16, else 5."""
+    return (lower_bits(freq_bits) + WORD_BITS + 7) // 8
 
 
 #: Steps per block of the encoder's int64 working arrays (see encode_streams).
@@ -144,9 +158,13 @@ def encode_streams(
         )
     max_len = int(lengths.max())
     total = 1 << freq_bits
-    x = np.full(n_streams, STATE_LOWER, dtype=np.int64)
-    words = np.empty((max_len, n_streams), dtype=np.uint16)
-    emitted = np.empty((max_len, n_streams), dtype=bool)
+    lbits = lower_bits(freq_bits)
+    x = np.full(n_streams, 1 << lbits, dtype=np.int64)
+    # Up to two words per step (two only above 16 bits): slot 1 holds the first one emitted,
+    # slot 0 the second, so that a step's words in (slot 0, slot 1) order are decoding order.
+    n_slots = 1 if freq_bits <= WORD_BITS else 2
+    words = np.empty((max_len, n_slots, n_streams), dtype=np.uint16)
+    emitted = np.zeros((max_len, n_slots, n_streams), dtype=bool)
     q = np.empty(n_streams, dtype=np.int64)
     # The int64 working arrays are built one block of steps at a time (backwards, as the
     # encoder runs), so memory stays ~3 bytes per symbol plus one block, whatever T is.
@@ -154,7 +172,8 @@ def encode_streams(
         lo = max(0, hi - ENCODE_BLOCK)
         active = np.arange(lo, hi, dtype=np.int64)[:, None] < lengths[None, :]  # (t, B)
         # A stream past its end codes the range [0, M): that step is the identity on the
-        # state and never emits a word (x < 2**32 = M << (32 - freq_bits)): no mask needed.
+        # state and never emits a word (x < L * 2**16 = M << (16 + lbits - freq_bits)): no
+        # mask needed.
         freq = np.where(active, freqs[lo:hi].astype(np.int64), total)
         start = np.where(active, starts[lo:hi].astype(np.int64), 0)
         if (freq < 1).any() or (start < 0).any() or (start + freq > total).any():
@@ -163,34 +182,38 @@ def encode_streams(
                 f"symbol range [{start[bad[0], bad[1]]}, +{freq[bad[0], bad[1]]}) at step "
                 f"{lo + bad[0]} of stream {bad[1]} is not a non-empty range inside [0, {total})"
             )
-        # x >= freq << (32 - freq_bits) is when encoding would leave 32 bits: emit first.
-        emit_bound = freq << (32 - freq_bits)
+        # x >= freq << (16 + lbits - freq_bits) is when encoding would leave the state's
+        # 16 + lbits bits: emit first.
+        emit_bound = freq << (WORD_BITS + lbits - freq_bits)
         # x_new = (x // f) * M + x % f + s = x + (x // f) * (M - f) + s: one multiply fewer.
         gain = total - freq
         for t in range(hi - 1, lo - 1, -1):
             i = t - lo
-            e = emitted[t]
-            np.greater_equal(x, emit_bound[i], out=e)
-            words[t] = x  # low 16 bits (numpy's assignment casts unsafely, i.e. wraps)
-            np.right_shift(x, e * WORD_BITS, out=x)
+            for slot in range(n_slots - 1, -1, -1):
+                e = emitted[t, slot]
+                np.greater_equal(x, emit_bound[i], out=e)
+                words[t, slot] = x  # low 16 bits (assignment casts unsafely, i.e. wraps)
+                np.right_shift(x, e * WORD_BITS, out=x)
             np.floor_divide(x, freq[i], out=q)
             q *= gain[i]
             x += q
             x += start[i]
 
     # Words in decoding order: for each stream the emitting steps in increasing t (the
-    # decoder reads at step t the word the encoder wrote at step t).
-    counts = emitted.sum(axis=0)
-    stream_words = words.T[emitted.T].astype("<u2")
+    # decoder reads at step t the words the encoder wrote at step t, slot 0 first).
+    order = (2, 0, 1)  # (B, T, slot)
+    counts = emitted.sum(axis=(0, 1))
+    stream_words = words.transpose(order)[emitted.transpose(order)].astype("<u2")
     ends = np.cumsum(counts)
-    states = x.astype("<u4")
+    n_state = state_bytes(freq_bits)
+    states = x.astype("<u8")
     payloads: list[bytes] = []
     for b in range(n_streams):
         if lengths[b] == 0:
             payloads.append(b"")
             continue
         chunk = stream_words[ends[b] - counts[b] : ends[b]]
-        payloads.append(states[b].tobytes() + chunk.tobytes())
+        payloads.append(states[b].tobytes()[:n_state] + chunk.tobytes())
     return payloads
 
 
@@ -206,6 +229,9 @@ class StreamDecoder:
         _check_freq_bits(freq_bits)
         self._freq_bits = int(freq_bits)
         self._total = 1 << self._freq_bits
+        #: the state's lower bound L: where every stream starts encoding and ends decoding.
+        self.state_lower = 1 << lower_bits(self._freq_bits)
+        n_state = state_bytes(self._freq_bits)
         n_streams = len(payloads)
         self._n_streams = n_streams
         self._n_active = n_streams
@@ -218,23 +244,27 @@ class StreamDecoder:
         #: decode steps taken by each stream (filled in when it leaves the active prefix).
         self._steps = np.full(n_streams, -1, dtype=np.int64)
 
-        states = np.full(n_streams, STATE_LOWER, dtype=np.int64)
+        states = np.full(n_streams, self.state_lower, dtype=np.int64)
         word_arrays: list[NDArray[np.uint16]] = []
         for b, raw in enumerate(payloads):
             data = bytes(raw)
             if not data:
                 word_arrays.append(np.zeros(0, dtype=np.uint16))
                 continue
-            if len(data) < _STATE_BYTES or len(data) % 2:
+            if len(data) < n_state or (len(data) - n_state) % 2:
                 self._malformed[b] = True
-            head = data[:_STATE_BYTES].ljust(_STATE_BYTES, b"\0")
-            states[b] = int.from_bytes(head, "little")
-            body = data[_STATE_BYTES:]
+            head = data[:n_state].ljust(n_state, b"\0")
+            # masked into the state's range (a 5-byte head can hold more; the check below
+            # flags it): the decoder's state then stays below L * 2**16 whatever the payload.
+            raw_state = int.from_bytes(head, "little")
+            states[b] = raw_state & ((self.state_lower << WORD_BITS) - 1)
+            self._malformed[b] |= raw_state != states[b]
+            body = data[n_state:]
             body = body[: len(body) - len(body) % 2]
             word_arrays.append(np.frombuffer(body, dtype="<u2").astype(np.uint16))
         # A valid encoder never leaves a state below L; decoding one would still be safe
-        # (the state stays below 2**32) but the payload cannot be canonical.
-        self._malformed |= states < STATE_LOWER
+        # (the state stays below L * 2**16) but the payload cannot be canonical.
+        self._malformed |= states < self.state_lower
 
         # All words in one flat array, each stream's words followed by one zero sentinel, so
         # a read past the end lands on a zero without a branch: index min(cursor, limit).
@@ -256,7 +286,8 @@ class StreamDecoder:
         self._slot_mask = np.int64(self._total - 1)
         self._total_i64 = np.int64(self._total)
         self._one = np.int64(1)
-        self._lower = np.int64(STATE_LOWER)
+        self._lower = np.int64(self.state_lower)
+        self._n_reads = 1 if self._freq_bits <= WORD_BITS else 2
         self._word_bits = np.int64(WORD_BITS)
         self._views_k = -1
         self._views_v = -1
@@ -335,11 +366,14 @@ class StreamDecoder:
             # slot - start = target - (cum[j] - freq)
             x_new = freq * ((x >> fb) + self._one) + (target - cum.take(j))
             symbols = j - row_start
-        # Renormalise: at most one 16-bit word, since x_new >= freq >= 1 after a step.
-        need = x_new < self._lower
-        word = self._words.take(np.minimum(cursor, limit))
-        x[...] = np.where(need, (x_new << self._word_bits) | word, x_new)
-        cursor += need
+        # Renormalise: x_new >= freq >= 1 after a step, so one 16-bit word brings it to
+        # L = 2**16, two to any L <= 2**32 (the second only above 16 bits).
+        for _ in range(self._n_reads):
+            need = x_new < self._lower
+            word = self._words.take(np.minimum(cursor, limit))
+            x_new = np.where(need, (x_new << self._word_bits) | word, x_new)
+            cursor += need
+        x[...] = x_new
         return cast("NDArray[np.int64]", symbols)
 
     def raw_state(self) -> tuple[NDArray[np.int64], ...]:
@@ -395,7 +429,7 @@ class StreamDecoder:
         self._finished = True
         steps = self._steps.copy()
         steps[: self._n_active] = self._n_steps
-        bad_state = self._x != STATE_LOWER
+        bad_state = self._x != self.state_lower
         unread = self._cursor < self._limit
         overread = self._cursor > self._limit
         # The encoder writes b"" exactly for zero-length streams.
@@ -411,7 +445,7 @@ class StreamDecoder:
                 if overread[first]
                 else "words left unread"
                 if unread[first]
-                else f"final state {int(self._x[first]):#x} != {STATE_LOWER:#x}"
+                else f"final state {int(self._x[first]):#x} != {self.state_lower:#x}"
             )
             raise CorruptInputError(
                 f"rANS payload of stream {first} is corrupt ({why}); "

@@ -628,12 +628,18 @@ __attribute__((target("avx2"))) static void tables_row_avx2(const Kernel *k, con
     while (z[top] != zmax) top++; /* the first index of the max, as np.argmax */
     i64 Z = exp_avx2(k->lut, k->lut_n - 1, zmax, z, 0, V);
     i64 total = (i64)1 << k->fbits, budget = total - V;
-    i64 R = (budget << 32) / Z, sum = 0; /* budget < 2**16 <= Z: R < 2**32, vpmuludq exact */
-    __m256i r = _mm256_set1_epi64x(R), one = _mm256_set1_epi64x(1), acc4 = _mm256_setzero_si256();
+    /* budget < 2**fb <= 2**20 and Z >= 2**16 (the top symbol's exp is 2**16): R < 2**36.
+     * vpmuludq multiplies 32 x 32 bits, so R = Rh 2**32 + Rl and, as e = z[v] <= 2**16,
+     * (e R) >> 32 = e Rh + ((e Rl) >> 32) exactly (Rh = 0 whenever fb <= 16). */
+    i64 R = (budget << 32) / Z, sum = 0;
+    __m256i rl = _mm256_set1_epi64x(R & 0xFFFFFFFF), rh = _mm256_set1_epi64x(R >> 32);
+    __m256i one = _mm256_set1_epi64x(1), acc4 = _mm256_setzero_si256();
     __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     for (v = 0; v + 4 <= V; v += 4) {
+        __m256i e = _mm256_loadu_si256((const __m256i *)(z + v));
         __m256i f = _mm256_add_epi64(
-            one, _mm256_srli_epi64(_mm256_mul_epu32(_mm256_loadu_si256((const __m256i *)(z + v)), r), 32));
+            _mm256_add_epi64(one, _mm256_mul_epu32(e, rh)),
+            _mm256_srli_epi64(_mm256_mul_epu32(e, rl), 32));
         acc4 = _mm256_add_epi64(acc4, f);
         _mm_storeu_si128((__m128i *)(out + v),
                          _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(f, pick)));
@@ -854,7 +860,7 @@ typedef struct {
     u32 *tables;                 /* (T, V) or NULL */
     const uint8_t *sym8;         /* next symbols (uint8 or uint16), row r codes sym[r] */
     const uint16_t *sym16;
-    uint16_t *starts, *freqs;
+    u32 *starts, *freqs;
     size_t stride;
 } Sink;
 
@@ -868,8 +874,8 @@ static void sink_row(const Kernel *k, const i32 *acc, i64 *z, u32 *row, const Si
     int sym = out->sym8 ? out->sym8[r] : out->sym16[r];
     u32 start = 0;
     for (int v = 0; v < sym; v++) start += row[v];
-    out->starts[r * out->stride] = (uint16_t)start; /* start < 2**16, freq < 2**16 */
-    out->freqs[r * out->stride] = (uint16_t)row[sym];
+    out->starts[r * out->stride] = start;
+    out->freqs[r * out->stride] = row[sym];
 }
 
 /* One stream: ids (T,) inputs (BOS first) -> results per row, BLOCK_ROWS rows at a time.
@@ -947,10 +953,9 @@ static void run_stream(const Kernel *k, const i64 *ids, int T, const Sink *out, 
 
 /* ---- decoding (step mode + rANS) -------------------------------------------------- */
 
-#define RANS_L ((u64)1 << 16)
-
 /* One rANS decode of coder/rans.py's StreamDecoder.decode for one stream and one table
- * row (summing to 2**fb, every entry >= 1): the symbol, the state updated in place. */
+ * row (summing to 2**fb, every entry >= 1): the symbol, the state updated in place. The
+ * state's lower bound is L = 2**max(16, fb), so M = 2**fb divides it. */
 static int rans_decode(const u32 *row, int V, int fb, i64 *x, i64 *cursor, i64 limit,
                        const uint16_t *words) {
     u64 xv = (u64)*x, slot = xv & (((u64)1 << fb) - 1), cum = 0;
@@ -959,8 +964,9 @@ static int rans_decode(const u32 *row, int V, int fb, i64 *x, i64 *cursor, i64 l
         if (cum + row[s] > slot) break;
         cum += row[s];
     }
-    u64 xn = (u64)row[s] * (xv >> fb) + slot - cum;
-    if (xn < RANS_L) {
+    u64 xn = (u64)row[s] * (xv >> fb) + slot - cum, lower = (u64)1 << (fb > 16 ? fb : 16);
+    /* xn >= row[s] >= 1: one word reaches 2**16, two any L <= 2**32 (fb > 16 only) */
+    for (int i = 0; i < 2 && xn < lower; i++) {
         i64 c = *cursor < limit ? *cursor : limit;
         xn = (xn << 16) | words[c];
         *cursor += 1;
@@ -995,7 +1001,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     {
         i64 V = m[0], C = m[1], L = m[2], H = m[3], F = m[4], W = m[5], lut_n = m[6], fb = m[7];
         if (V < 2 || C < 1 || C > 1040 || L < 1 || L > 1024 || H < 1 || C % H || F < 1 ||
-            F > 1040 || W < 1 || W > (1 << 20) || lut_n < 2 || fb < 1 || fb > 30 ||
+            F > 1040 || W < 1 || W > (1 << 20) || lut_n < 2 || fb < 1 || fb > 20 ||
             nm != (size_t)(8 + 3 + 21 * L + 6))
             goto bad;
         self->V = (int)V, self->C = (int)C, self->L = (int)L, self->H = (int)H;
@@ -1076,7 +1082,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
                         if (norms[i]->m[c] < INT32_MIN || norms[i]->m[c] > INT32_MAX) goto bad;
             }
         }
-        if (self->lut[lut_n - 1] != 0 || self->lut[0] < 1 || self->lut[0] > 65536) goto bad;
+        /* lut[0] = 2**16 (as the checkpoint guarantees) keeps Z >= 2**16 in the tables */
+        if (self->lut[lut_n - 1] != 0 || self->lut[0] != 65536) goto bad;
     }
     self->simd = simd && cpu_avx2;
     ok = 1;
@@ -1180,7 +1187,7 @@ done:
     return ret;
 }
 
-/* ranges(grid (B, T) uint8/uint16 symbols, lengths int64 (B,), starts, freqs uint16 (T, B),
+/* ranges(grid (B, T) uint8/uint16 symbols, lengths int64 (B,), starts, freqs uint32 (T, B),
  * b0, b1): the encoder's symbol ranges. Stream b's inputs are BOS, grid[b, :len - 1];
  * for t < lengths[b], (starts, freqs)[t, b] = the range of grid[b, t] in its table, as
  * coder/rans.py's symbol_ranges gives it. */
@@ -1190,13 +1197,12 @@ static PyObject *Kernel_ranges(Kernel *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*w*w*nn", &grid, &lens, &st, &fr, &b0, &b1)) return NULL;
     PyObject *ret = NULL;
     i64 *ids = NULL;
-    Py_ssize_t B = lens.len / 8, T = B > 0 ? st.len / 2 / B : 0;
+    Py_ssize_t B = lens.len / 8, T = B > 0 ? st.len / 4 / B : 0;
     const i64 *len = lens.buf;
     int g8 = grid.itemsize == 1;
     if (lens.itemsize != 8 || (grid.itemsize != 1 && grid.itemsize != 2) ||
-        st.itemsize != 2 || fr.itemsize != 2 || st.len != fr.len || st.len != B * T * 2 ||
-        grid.len != B * T * grid.itemsize || b0 < 0 || b1 > B || b0 > b1 || T > INT32_MAX ||
-        self->fbits > 16) {
+        st.itemsize != 4 || fr.itemsize != 4 || st.len != fr.len || st.len != B * T * 4 ||
+        grid.len != B * T * grid.itemsize || b0 < 0 || b1 > B || b0 > b1 || T > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "engine kernel ranges: bad arrays");
         goto done;
     }
@@ -1229,7 +1235,7 @@ static PyObject *Kernel_ranges(Kernel *self, PyObject *args) {
                             : ((const uint16_t *)grid.buf)[b * T + t - 1];
             Sink sink = {NULL, g8 ? (const uint8_t *)grid.buf + b * T : NULL,
                          g8 ? NULL : (const uint16_t *)grid.buf + b * T,
-                         (uint16_t *)st.buf + b, (uint16_t *)fr.buf + b, (size_t)B};
+                         (u32 *)st.buf + b, (u32 *)fr.buf + b, (size_t)B};
             run_stream(self, ids, (int)n, &sink, &sc);
         }
         Py_END_ALLOW_THREADS
@@ -1268,7 +1274,7 @@ static PyObject *Kernel_decode(Kernel *self, PyObject *args) {
         dec.len != lens.len || xs.itemsize != 8 || cur.len < xs.len || lim.len < xs.len ||
         words.itemsize != 2 || nw < 1 || kc.itemsize != 1 || vc.len != kc.len ||
         (size_t)kc.len != (size_t)B * per_layer_stream * self->L || t0 < 0 || t1 > T ||
-        t0 > t1 || b0 < 0 || b1 > B || b0 > b1 || self->fbits > 16) {
+        t0 > t1 || b0 < 0 || b1 > B || b0 > b1) {
         PyErr_SetString(PyExc_ValueError, "engine kernel decode: bad arrays");
         goto done;
     }

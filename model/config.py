@@ -18,6 +18,19 @@ MAX_EXACT_K = 2**24 // (127 * 127)
 #: Longest attention window (see the int64 bound on ALiBi terms in __post_init__).
 MAX_WINDOW = 8192
 
+#: Largest freq_bits the coder supports (coder/rans.py: the state then has 36 bits).
+MAX_FREQ_BITS = 20
+
+
+def default_freq_bits(vocab_size: int) -> int:
+    """Table precision for V symbols: the one-count floor of every symbol costs V / 2**fb
+    of the mass (-log2(1 - V / 2**fb) bits per token), kept at 1/256 or less: 16 for the
+    byte vocabulary (as every earlier checkpoint), 18 for 1024 BPE tokens, 20 from 2049 on
+    (V / 2**20 = 1/256 at V = 4096)."""
+    bits = max(16, (max(2, vocab_size) - 1).bit_length() + 8)
+    return min(bits, MAX_FREQ_BITS)
+
+
 #: ALiBi slopes are 2**(-8 (h + 1) / n_heads); they are powers of two (exact in
 #: fixed point) only when n_heads divides 8.
 _ALIBI_HEADS = (1, 2, 4, 8)
@@ -56,7 +69,9 @@ class ModelConfig:
     """The residual stream is an integer in units of 2**-res_frac_bits."""
 
     freq_bits: int = 16
-    """Every frequency table sums to 2**freq_bits, each symbol at least 1."""
+    """Every frequency table sums to 2**freq_bits, each symbol at least 1. That floor
+    takes V / 2**freq_bits of the mass from the model: ``preset`` picks
+    ``default_freq_bits(V)`` to keep it near 1/256."""
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -92,8 +107,8 @@ class ModelConfig:
             raise ValueError(f"--exp-frac-bits must be in 2..10, got {self.exp_frac_bits}")
         if not 4 <= self.res_frac_bits <= 16:
             raise ValueError(f"--res-frac-bits must be in 4..16, got {self.res_frac_bits}")
-        if not 12 <= self.freq_bits <= 16:
-            raise ValueError(f"--freq-bits must be in 12..16, got {self.freq_bits}")
+        if not 12 <= self.freq_bits <= MAX_FREQ_BITS:
+            raise ValueError(f"--freq-bits must be in 12..{MAX_FREQ_BITS}, got {self.freq_bits}")
 
     @property
     def head_dim(self) -> int:
@@ -122,7 +137,8 @@ class ModelConfig:
         }
         if name not in presets:
             raise ValueError(f"--preset must be one of {sorted(presets)}, got {name!r}")
-        return cls(vocab_size=vocab_size, **presets[name])
+        return cls(vocab_size=vocab_size, freq_bits=default_freq_bits(vocab_size),
+                   **presets[name])
 
     def to_dict(self) -> dict[str, int]:
         """JSON-able form, as stored in checkpoint metadata."""

@@ -467,9 +467,9 @@ class Engine:
     def _tables(self, x: np.ndarray) -> np.ndarray:
         """Final norm + head + integer softmax: residual (..., C) -> (..., V) uint32.
 
-        Each symbol gets 1 + floor(e * (2**16 - V) / Z) so that any symbol stays
-        codable; the remainder (>= 0, since the floors sum to at most 2**16 - V) goes
-        to the first most likely symbol, making every row sum to exactly 2**16.
+        Each symbol gets 1 + floor(e * (M - V) / Z), M = 2**freq_bits, so that any
+        symbol stays codable; the remainder (>= 0, since the floors sum to at most M - V)
+        goes to the first most likely symbol, making every row sum to exactly M.
         """
         z = self._linear(self._norm(x, self._norm_f), self._head)  # (..., V)
         e = self._softmax_weights(z, None)
@@ -653,7 +653,7 @@ class Engine:
     def symbol_ranges(self, grid: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray,
                                                                             np.ndarray]:
         """The encoder's rANS ranges, compiled engine only: grid (B, T) uint8/uint16
-        symbols (row b holds lengths[b] of them) -> (starts, freqs) (T, B) uint16 with
+        symbols (row b holds lengths[b] of them) -> (starts, freqs) (T, B) uint32 with
         the range of grid[b, t] in the table after BOS, grid[b, :t] (0 past the end).
 
         Equal to coder.rans.symbol_ranges over ``tables_parallel``'s tables, without
@@ -664,8 +664,8 @@ class Engine:
         grid = np.ascontiguousarray(grid)
         lengths = np.ascontiguousarray(lengths, dtype=I64)
         b, t = grid.shape
-        starts = np.zeros((t, b), dtype=np.uint16)
-        freqs = np.zeros((t, b), dtype=np.uint16)
+        starts = np.zeros((t, b), dtype=np.uint32)
+        freqs = np.zeros((t, b), dtype=np.uint32)
         ranges = self._kernel.ranges  # type: ignore[attr-defined]
         self._share(lambda b0, b1: ranges(grid, lengths, starts, freqs, b0, b1), b, 1)
         return starts, freqs

@@ -373,6 +373,17 @@ def test_config_rejects_bad_values_in_flag_words(change: dict[str, int], flag: s
         ModelConfig(**{**TINY.to_dict(), **change})
 
 
+@pytest.mark.parametrize(("vocab", "bits"), [(256, 16), (512, 17), (1024, 18), (4096, 20),
+                                             (8192, 20)])
+def test_presets_scale_table_precision_with_the_vocabulary(vocab: int, bits: int) -> None:
+    # the one-count floor of every symbol stays near 1/256 of the mass (docs/coder.md)
+    config = ModelConfig.preset("tiny", vocab_size=vocab)
+    assert config.freq_bits == bits
+    assert vocab / 2**config.freq_bits <= 1 / 256 or bits == 20
+    with pytest.raises(ValueError, match="--freq-bits"):
+        ModelConfig(**{**config.to_dict(), "freq_bits": 21})
+
+
 def test_config_from_dict_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({**TINY.to_dict(), "dropout": 0})

@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 from tinyzip.coder.rans import (
+    MAX_FREQ_BITS,
     STATE_LOWER,
     StreamDecoder,
     encode_streams,
+    state_bytes,
     symbol_ranges,
 )
 
@@ -134,7 +136,7 @@ def roundtrip(schedule: Schedule) -> list[bytes]:
 # --- round trips -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("freq_bits", [12, 16])
+@pytest.mark.parametrize("freq_bits", [12, 16, 20])
 @pytest.mark.parametrize("n_symbols", [2, 3, 256, 4096])
 @pytest.mark.parametrize("n_streams", [1, 7, 64])
 def test_roundtrip_unequal_stream_lengths(n_streams: int, n_symbols: int, freq_bits: int) -> None:
@@ -146,10 +148,10 @@ def test_roundtrip_unequal_stream_lengths(n_streams: int, n_symbols: int, freq_b
     payloads = roundtrip(schedule)
     for b, payload in enumerate(payloads):
         assert (payload == b"") == (schedule.lengths[b] == 0)
-        assert len(payload) % 2 == 0
+        assert (len(payload) - state_bytes(freq_bits) * bool(payload)) % 2 == 0
 
 
-@pytest.mark.parametrize("freq_bits", [12, 16])
+@pytest.mark.parametrize("freq_bits", [12, 16, 20])
 @pytest.mark.parametrize("n_symbols", [2, 3, 256, 4096])
 @pytest.mark.parametrize("pattern", ["likely", "rare", "mixed"])
 def test_roundtrip_extreme_tables(n_symbols: int, freq_bits: int, pattern: str) -> None:
@@ -173,7 +175,7 @@ def test_roundtrip_extreme_tables(n_symbols: int, freq_bits: int, pattern: str) 
     roundtrip(Schedule(pool, which, symbols, lengths, freq_bits))
 
 
-@pytest.mark.parametrize("freq_bits", range(1, 17))
+@pytest.mark.parametrize("freq_bits", range(1, MAX_FREQ_BITS + 1))
 def test_roundtrip_every_freq_bits(freq_bits: int) -> None:
     rng = np.random.default_rng(freq_bits)
     n_symbols = min(5, 1 << freq_bits)
@@ -239,6 +241,42 @@ def test_payload_bytes_match_hand_computation() -> None:
         np.zeros((4, 1), np.uint32), np.ones((4, 1), np.uint32), np.array([4]), freq_bits=4
     )
     assert payloads == [bytes.fromhex("000001000000")]
+
+
+def test_payload_bytes_above_16_freq_bits_match_hand_computation() -> None:
+    # M = L = 2**20, table [1, M - 1]: the emit bound of symbol 0 is 1 << 16. Symbol 0 four
+    # times, encoded backwards from x = 2**20, with x = 2**20 ... 2**32 before each step:
+    #   x = 2**20, 2**24, 2**28 emit one word each (x -> 16, 2**8, 2**12, then x * M);
+    #   x = 2**32 (step 0) emits two: x -> 2**16, still >= 1 << 16, -> 1, then x = 2**20.
+    # Five zero words; the state takes 5 bytes (36 bits can be needed above 16 bits).
+    m = 1 << 20
+    payloads = encode_streams(
+        np.zeros((4, 1), np.uint32), np.ones((4, 1), np.uint32), np.array([4]), freq_bits=20
+    )
+    assert payloads == [(1 << 20).to_bytes(5, "little") + bytes(10)]
+    decoder = StreamDecoder(payloads, freq_bits=20)
+    for _ in range(4):
+        assert decoder.decode(np.array([[1, m - 1]], dtype=np.uint32))[0] == 0
+    decoder.finish()
+
+
+def test_freq_bits_up_to_16_keep_the_32_bit_state() -> None:
+    # The wider state is only for freq_bits > 16: every earlier archive keeps its bytes.
+    assert [state_bytes(fb) for fb in (1, 12, 16, 17, 20)] == [4, 4, 4, 5, 5]
+
+
+def test_state_beyond_its_range_is_corrupt() -> None:
+    # A 5-byte head can hold a state >= L * 2**16 = 2**36, which no encoder writes.
+    schedule = make_schedule(
+        np.random.default_rng(3), n_streams=1, n_symbols=300, freq_bits=20, max_len=50,
+        zero_length=False,
+    )
+    payload = schedule.encode()[0]
+    bad = payload[:4] + bytes([payload[4] | 0x80]) + payload[5:]
+    got, decoder = schedule.decode([bad])
+    assert ((got >= 0) & (got < 300)).all()
+    with pytest.raises(CorruptInputError, match="stream 0"):
+        decoder.finish()
 
 
 def test_symbol_ranges_are_exclusive_cumulative_sums() -> None:
@@ -372,7 +410,7 @@ def test_finished_decoder_refuses_reuse() -> None:
         decoder.finish()
 
 
-@pytest.mark.parametrize("freq_bits", [0, 17, 2.0])
+@pytest.mark.parametrize("freq_bits", [0, MAX_FREQ_BITS + 1, 2.0])
 def test_bad_freq_bits_are_rejected(freq_bits: int) -> None:
     with pytest.raises(UsageError):
         StreamDecoder([], freq_bits=freq_bits)
@@ -463,10 +501,10 @@ def test_finish_detects_a_payload_for_a_stream_never_decoded() -> None:
 
 def test_garbage_payloads_decode_to_valid_symbols_and_fail_finish() -> None:
     rng = np.random.default_rng(5)
-    for n_symbols in (2, 3, 256):
+    for n_symbols, freq_bits in ((2, 16), (3, 16), (256, 16), (256, 20), (3000, 20)):
         payloads = [rng.bytes(int(n)) for n in rng.integers(0, 200, size=16)]
-        decoder = StreamDecoder(payloads, freq_bits=16)
-        pool = peaked_tables(rng, 16, n_symbols, 16)
+        decoder = StreamDecoder(payloads, freq_bits=freq_bits)
+        pool = peaked_tables(rng, 16, n_symbols, freq_bits)
         for t in range(2000):  # far past the ends of all payloads
             got = decoder.decode(pool[: 16 - t // 150])
             assert ((got >= 0) & (got < n_symbols)).all()
@@ -481,7 +519,7 @@ def test_garbage_payloads_decode_to_valid_symbols_and_fail_finish() -> None:
 def schedules(draw: st.DrawFn) -> Schedule:
     n_symbols = draw(st.integers(1, 40))
     min_bits = max(1, (n_symbols - 1).bit_length())
-    freq_bits = draw(st.integers(min_bits, 16))
+    freq_bits = draw(st.integers(min_bits, MAX_FREQ_BITS))
     n_streams = draw(st.integers(1, 6))
     lengths = sorted(
         draw(st.lists(st.integers(0, 60), min_size=n_streams, max_size=n_streams)), reverse=True
