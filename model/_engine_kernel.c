@@ -86,6 +86,7 @@ static i64 isqrt64(i64 n) {
 
 typedef struct {
     const i16 *w; /* packed [Np/16][Kp/2][16][2] */
+    int8_t *w8;   /* the same as int8 (owned), or NULL if some entry is outside int8 */
     const i64 *m;
     int s, K, N, Kp, Np;
 } Lin;
@@ -189,6 +190,23 @@ __attribute__((target("avx2"))) static void gemm_avx2(const i16 *a, int rows, in
             _mm256_storeu_si256((__m256i *)(o + 2 * ldo + 8), c21);
             _mm256_storeu_si256((__m256i *)(o + 3 * ldo), c30);
             _mm256_storeu_si256((__m256i *)(o + 3 * ldo + 8), c31);
+        }
+        for (; r < rows && L->w8; r++) {
+            /* single rows (the decoder's steps) are bound by loading weights: int8 halves
+             * the bytes, vpmovsxbw widens them to the same int16 lanes */
+            const i16 *a0 = a + (size_t)r * lda;
+            const int8_t *w8 = L->w8 + (size_t)nb * kp2 * 2 * NB;
+            __m256i c0 = _mm256_setzero_si256(), c1 = c0;
+            for (int p = 0; p < kp2; p++) {
+                __m256i x = _mm256_set1_epi32(pair_at(a0 + 2 * p));
+                c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(x, _mm256_cvtepi8_epi16(
+                    _mm_loadu_si128((const __m128i *)(w8 + (size_t)p * 32)))));
+                c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(x, _mm256_cvtepi8_epi16(
+                    _mm_loadu_si128((const __m128i *)(w8 + (size_t)p * 32 + 16)))));
+            }
+            i32 *o = out + (size_t)r * ldo + nb * NB;
+            _mm256_storeu_si256((__m256i *)o, c0);
+            _mm256_storeu_si256((__m256i *)(o + 8), c1);
         }
         for (; r < rows; r++) {
             const i16 *a0 = a + (size_t)r * lda;
@@ -977,7 +995,38 @@ static int rans_decode(const u32 *row, int V, int fb, i64 *x, i64 *cursor, i64 l
 
 /* ---- Python glue ------------------------------------------------------------------ */
 
+/* Every Lin of the kernel (4 per layer, then the head): n of them into out. */
+static int kernel_lins(Kernel *self, Lin **out) {
+    int n = 0;
+    for (int l = 0; self->layers && l < self->L; l++) {
+        Layer *ly = &self->layers[l];
+        out[n++] = &ly->qkv, out[n++] = &ly->proj, out[n++] = &ly->fc, out[n++] = &ly->down;
+    }
+    out[n++] = &self->head;
+    return n;
+}
+
+/* int8 copies of the packed weights (Lin.w8) where every entry fits: 0, or -1 (no memory). */
+static int make_int8_weights(Kernel *self) {
+    Lin *lins[4 * 1024 + 1];
+    int n = kernel_lins(self, lins);
+    for (int i = 0; i < n; i++) {
+        Lin *L = lins[i];
+        size_t size = (size_t)L->Kp * L->Np;
+        int fits = 1;
+        for (size_t j = 0; j < size && fits; j++) fits = L->w[j] >= -128 && L->w[j] <= 127;
+        if (!fits) continue;
+        L->w8 = PyMem_Malloc(size + 16); /* + 16: the last 16-byte load stays inside */
+        if (!L->w8) return -1;
+        for (size_t j = 0; j < size; j++) L->w8[j] = (int8_t)L->w[j];
+    }
+    return 0;
+}
+
 static void Kernel_dealloc(Kernel *self) {
+    Lin *lins[4 * 1024 + 1];
+    int n = self->layers ? kernel_lins(self, lins) : 0;
+    for (int i = 0; i < n; i++) PyMem_Free(lins[i]->w8);
     if (self->have_wb) PyBuffer_Release(&self->wb);
     if (self->have_ib) PyBuffer_Release(&self->ib);
     PyMem_Free(self->layers);
@@ -1086,6 +1135,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         if (self->lut[lut_n - 1] != 0 || self->lut[0] != 65536) goto bad;
     }
     self->simd = simd && cpu_avx2;
+    if (make_int8_weights(self)) {
+        PyBuffer_Release(&meta);
+        PyErr_NoMemory();
+        return -1;
+    }
     ok = 1;
 bad:
     PyBuffer_Release(&meta);
