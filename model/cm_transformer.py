@@ -64,12 +64,9 @@ class CmTransformerPredictor(Predictor):
         self._bits = np.zeros(0, dtype=np.int64)  # the partial byte of each stream
 
     def descriptor(self) -> dict[str, Any]:
-        return {
-            "name": NAME,
-            "model_id": self.checkpoint.model_id_hex,
-            "name_hint": self.checkpoint.name,
-            "cm": self.cm.descriptor(),
-        }
+        # The checkpoint's id is the header's model_id field; repeating it here (as the
+        # first archives did) cost 75 bytes per file.
+        return {"name": NAME, "name_hint": self.checkpoint.name, "cm": self.cm.descriptor()}
 
     @property
     def model_id(self) -> bytes:
@@ -214,6 +211,8 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
     if not cm.external_input:
         raise CorruptInputError("cm+transformer archive whose cm model has no external input")
     pred = CmTransformerPredictor(checkpoint, cm=cm)
-    if pred.descriptor() != descriptor:
+    # archives written before 2026-12 also name the checkpoint inside the descriptor
+    legacy = {**pred.descriptor(), "model_id": checkpoint.model_id_hex}
+    if descriptor not in (pred.descriptor(), legacy):
         raise CorruptInputError(f"non-canonical cm+transformer descriptor: {descriptor!r}")
     return pred

@@ -40,8 +40,9 @@ class TransformerPredictor(Predictor):
         self._tokenizer: Any = None  # BPE tokenizer, built on first to_symbols
 
     def descriptor(self) -> dict[str, Any]:
-        return {"name": "transformer", "model_id": self.checkpoint.model_id_hex,
-                "name_hint": self.checkpoint.name}
+        # the checkpoint's id is the header's model_id (archives before 2026-12 repeated
+        # it here; decoding ignores it)
+        return {"name": "transformer", "name_hint": self.checkpoint.name}
 
     @property
     def model_id(self) -> bytes:
