@@ -12,6 +12,8 @@ keys in the window get probability 0, depending on the layer and the config).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -275,3 +277,41 @@ def test_kernel_rejects_bad_arrays(tmp_path: Path) -> None:
         engine_mod._engine_kernel.Kernel(np.zeros(10, dtype=np.int16),
                                          np.zeros(10, dtype=np.int64),
                                          np.zeros(5, dtype=np.int64))
+
+
+GOLDEN_FB20 = TESTS / "golden" / "engine_bpe4096_fb20.json"
+
+
+def test_golden_hashes_of_20_bit_tables_and_their_archive(tmp_path: Path) -> None:
+    # 4096 symbols at freq_bits 20: tables (numpy, torch, compiled SIMD and plain, 1 and 2
+    # threads, parallel and step mode) and the rANS payloads of a frame (states above 32 bits, two
+    # words for rare symbols) are pinned.
+    from tinyzip.coder.frames import FrameEncoder
+
+    ckpt = _checkpoint(tmp_path, "bpe4096_fb20")
+    tokens = _tokens(7, ckpt.config.vocab_size, t=40)
+    digests = {te._tables_hash(Engine(ckpt, compiled=False).tables_parallel(tokens))}
+    try:
+        import torch  # noqa: F401  (the torch backend, where the train extra is installed)
+
+        digests.add(te._tables_hash(
+            Engine(ckpt, backend="torch", compiled=False).tables_parallel(tokens)))
+    except ImportError:
+        pass
+    for simd in (True, False):
+        for threads in (1, 2):
+            engine = _compiled(ckpt, simd=simd, threads=threads)
+            digests.add(te._tables_hash(engine.tables_parallel(tokens)))
+            digests.add(te._tables_hash(te._step_tables(engine, tokens)))
+    assert len(digests) == 1
+    _, grid, lengths = _frame("bpe4096_fb20", tmp_path, np.uint16)
+    payloads = TransformerPredictor(ckpt).encode_frame(grid, lengths)
+    lockstep = FrameEncoder(TransformerPredictor(ckpt, compiled=False))._lockstep_payloads(
+        grid, active_counts(lengths, 0, grid.shape[1]), lengths, None)
+    assert payloads == lockstep
+    got = {"tables_sha256": digests.pop(),
+           "payloads_sha256": hashlib.sha256(b"".join(
+               len(p).to_bytes(4, "little") + p for p in payloads)).hexdigest()}
+    if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
+        GOLDEN_FB20.write_text(json.dumps(got, indent=2) + "\n")
+    assert got == json.loads(GOLDEN_FB20.read_text())
