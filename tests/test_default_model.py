@@ -99,3 +99,42 @@ def test_default_beats_xz_on_a_corpus_log() -> None:
     xz = lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
     assert len(blob) < 0.8 * len(xz)
     assert re.search(r"default-", repr(_descriptor(blob)))
+
+
+GOLDEN = REPO / "tests" / "golden" / "default_model.json"
+
+
+def test_default_archive_bytes_are_pinned_across_threads(tmp_path: Path) -> None:
+    # the default model's bitstream (checkpoint + cm at --adapt max) is the same with 1 or
+    # 2 threads (-T) and pinned by hash: a change of the shipped model or of cm shows here
+    import json
+
+    src = tmp_path / "kafka.log"
+    src.write_bytes((REPO / "samples" / "kafka-server.log").read_bytes()[:12_000])
+    blobs = set()
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}.tzp"
+        assert cli.main(["-q", "-T", str(threads), "-o", str(out), str(src)]) == 0
+        blobs.add(out.read_bytes())
+    assert len(blobs) == 1
+    blob = blobs.pop()
+    assert tinyzip.decompress(blob) == src.read_bytes()
+    got = {"model": DEFAULTS[0].name, "sha256": hashlib.sha256(blob).hexdigest(),
+           "bytes": len(blob)}
+    if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=2) + "\n")
+    assert got == json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.slow
+def test_the_plain_numpy_reference_gives_the_pinned_bytes(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # numpy engine and numpy cm instead of the C kernels (about 50 s): the same archive
+    import json
+
+    monkeypatch.setenv("TINYZIP_PURE_NUMPY", "1")
+    src = tmp_path / "kafka.log"
+    src.write_bytes((REPO / "samples" / "kafka-server.log").read_bytes()[:12_000])
+    out = tmp_path / "ref.tzp"
+    assert cli.main(["-q", "-o", str(out), str(src)]) == 0
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == json.loads(GOLDEN.read_text())["sha256"]
