@@ -164,7 +164,7 @@ def encode_streams(
     # slot 0 the second, so that a step's words in (slot 0, slot 1) order are decoding order.
     n_slots = 1 if freq_bits <= WORD_BITS else 2
     words = np.empty((max_len, n_slots, n_streams), dtype=np.uint16)
-    emitted = np.zeros((max_len, n_slots, n_streams), dtype=bool)
+    emitted = np.empty((max_len, n_slots, n_streams), dtype=bool)  # every entry is set
     q = np.empty(n_streams, dtype=np.int64)
     # The int64 working arrays are built one block of steps at a time (backwards, as the
     # encoder runs), so memory stays ~3 bytes per symbol plus one block, whatever T is.

@@ -995,28 +995,25 @@ static int rans_decode(const u32 *row, int V, int fb, i64 *x, i64 *cursor, i64 l
 
 /* ---- Python glue ------------------------------------------------------------------ */
 
-/* Every Lin of the kernel (4 per layer, then the head): n of them into out. */
-static int kernel_lins(Kernel *self, Lin **out) {
-    int n = 0;
-    for (int l = 0; self->layers && l < self->L; l++) {
-        Layer *ly = &self->layers[l];
-        out[n++] = &ly->qkv, out[n++] = &ly->proj, out[n++] = &ly->fc, out[n++] = &ly->down;
-    }
-    out[n++] = &self->head;
-    return n;
+/* The kernel's Lins: 4 per layer (qkv, proj, fc, down), then the head; n_lins of them. */
+static int n_lins(const Kernel *self) { return self->layers ? 4 * self->L + 1 : 1; }
+
+static Lin *lin_at(Kernel *self, int i) {
+    if (i == n_lins(self) - 1) return &self->head;
+    Layer *ly = &self->layers[i / 4];
+    Lin *four[4] = {&ly->qkv, &ly->proj, &ly->fc, &ly->down};
+    return four[i % 4];
 }
 
 /* int8 copies of the packed weights (Lin.w8) where every entry fits: 0, or -1 (no memory). */
 static int make_int8_weights(Kernel *self) {
-    Lin *lins[4 * 1024 + 1];
-    int n = kernel_lins(self, lins);
-    for (int i = 0; i < n; i++) {
-        Lin *L = lins[i];
+    for (int i = 0; i < n_lins(self); i++) {
+        Lin *L = lin_at(self, i);
         size_t size = (size_t)L->Kp * L->Np;
         int fits = 1;
         for (size_t j = 0; j < size && fits; j++) fits = L->w[j] >= -128 && L->w[j] <= 127;
         if (!fits) continue;
-        L->w8 = PyMem_Malloc(size + 16); /* + 16: the last 16-byte load stays inside */
+        L->w8 = PyMem_Malloc(size);
         if (!L->w8) return -1;
         for (size_t j = 0; j < size; j++) L->w8[j] = (int8_t)L->w[j];
     }
@@ -1024,9 +1021,7 @@ static int make_int8_weights(Kernel *self) {
 }
 
 static void Kernel_dealloc(Kernel *self) {
-    Lin *lins[4 * 1024 + 1];
-    int n = self->layers ? kernel_lins(self, lins) : 0;
-    for (int i = 0; i < n; i++) PyMem_Free(lins[i]->w8);
+    for (int i = 0; i < n_lins(self); i++) PyMem_Free(lin_at(self, i)->w8);
     if (self->have_wb) PyBuffer_Release(&self->wb);
     if (self->have_ib) PyBuffer_Release(&self->ib);
     PyMem_Free(self->layers);

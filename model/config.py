@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from tinyzip.coder.rans import MAX_FREQ_BITS
+
 #: float32 adds int8 x int8 products exactly while every partial sum stays below
 #: 2**24: K * 127 * 127 < 2**24 gives K <= 1040 (notes/feasibility.md section 2).
 MAX_EXACT_K = 2**24 // (127 * 127)
@@ -18,15 +20,12 @@ MAX_EXACT_K = 2**24 // (127 * 127)
 #: Longest attention window (see the int64 bound on ALiBi terms in __post_init__).
 MAX_WINDOW = 8192
 
-#: Largest freq_bits the coder supports (coder/rans.py: the state then has 36 bits).
-MAX_FREQ_BITS = 20
-
 
 def default_freq_bits(vocab_size: int) -> int:
     """Table precision for V symbols: the one-count floor of every symbol costs V / 2**fb
-    of the mass (-log2(1 - V / 2**fb) bits per token), kept at 1/256 or less: 16 for the
-    byte vocabulary (as every earlier checkpoint), 18 for 1024 BPE tokens, 20 from 2049 on
-    (V / 2**20 = 1/256 at V = 4096)."""
+    of the mass (-log2(1 - V / 2**fb) bits per token), kept at 1/256 or less up to the
+    coder's MAX_FREQ_BITS: 16 for the byte vocabulary (as every earlier checkpoint), 18 for
+    1024 BPE tokens, 20 for 4096 (V / 2**20 = 1/256) and, capped, above."""
     bits = max(16, (max(2, vocab_size) - 1).bit_length() + 8)
     return min(bits, MAX_FREQ_BITS)
 

@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample_bytes < 1:
             raise UsageError("--sample-bytes must be at least 1")
         files = [(name, head_sample(data, args.sample_bytes)) for name, data in files]
-    dict_paths = [p for _, p in collect_files([str(f) for f in args.dict_corpus or []],
-                                              args.exclude)] if args.dict_corpus else []
+    dict_folders = [str(f) for f in args.dict_corpus or []]
+    dict_paths = [p for _, p in collect_files(dict_folders, args.exclude)] if dict_folders else []
     options = {"adapt": args.adapt} if args.adapt is not None else {}
     reg = codecs_mod.registry(
         tinyzip_model=args.model,
