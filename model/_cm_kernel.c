@@ -54,7 +54,9 @@ typedef uint64_t u64;
 /* Context kinds (the `kinds` parameter): each context's position in CONTEXT_NAMES
  * (context_mix.py), 0..6 order-k, then the log-structure ones. */
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
-       K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17, K_LAST = K_TEMPLATE };
+       K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
+       K_IND2 = 18, K_MATCHBYTE = 19, K_LAST = K_MATCHBYTE };
+#define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -81,7 +83,7 @@ enum {
     A_ABASE, A_CTXV, A_EBIT, A_MIDX, A_WSEL, A_WSEL2, A_P12,
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
-    A_SELOFF, A_SELKINDS, A_TMPL,
+    A_SELOFF, A_SELKINDS, A_TMPL, A_IND2,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -89,7 +91,7 @@ static const char *array_names[N_ARRAYS] = {
     "hist", "mtab", "mlen", "mptr", "mok", "idx", "val", "pcl", "x", "wbase", "blk",
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
-    "sel_off", "sel_kinds", "tmpl",
+    "sel_off", "sel_kinds", "tmpl", "ind2",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -100,6 +102,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_LAST = S_MATCH 
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
     P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
+    P_SLOTCHECK,
     N_PARAMS
 };
 
@@ -111,11 +114,12 @@ typedef struct {
     /* typed views of buf[] */
     i64 *t, *c0, *c0n, *col, *field, *line, *pline, *above, *mtab, *mlen, *mptr;
     u64 *h8, *wordh, *pword, *ctxv, *tmpl;
+    i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
-    /* per-stream scratch of the match lookup (n <= b) */
-    i64 *cand, *key;
+    /* per-stream scratch of the match lookup and the indirect table's update (n <= b) */
+    i64 *cand, *key, *ikey, *ival;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
     /* The external input (P_NEXT = 1): tables (B, ext_k, 256) int64 (each entry in
@@ -132,6 +136,8 @@ static void Kernel_dealloc(Kernel *self) {
     if (self->ext_held) PyBuffer_Release(&self->ext);
     PyMem_Free(self->cand);
     PyMem_Free(self->key);
+    PyMem_Free(self->ikey);
+    PyMem_Free(self->ival);
     PyMem_Free(self->scratch);
     PyMem_Free(self->y);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -159,7 +165,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         ns < 2 || ns > S_LAST + 3 || ncols != cw + ns * ni + next || self->prm[P_CAPM] != nc + 1 || self->prm[P_RINGBITS] < 1 ||
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
-        self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40) {
+        self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40 ||
+        self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1) {
         PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
         return -1;
     }
@@ -175,7 +182,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
         [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
         [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
-        [A_TMPL] = b,
+        [A_TMPL] = b, [A_IND2] = IND2_SIZE,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -204,7 +211,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->squash = V(A_SQUASH); self->recip = V(A_RECIP); self->mbucket = V(A_MBUCKET);
     self->wordbyte = V(A_WORDBYTE); self->lim = V(A_LIM); self->ctxoff = V(A_CTXOFF);
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
-    self->tmpl = V(A_TMPL);
+    self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2);
 #undef V
     for (i64 j = 0; j < nc; j++)
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
@@ -218,9 +225,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         }
     self->cand = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->cand || !self->key || !self->scratch || !self->y) {
+    if (!self->cand || !self->key || !self->ikey || !self->ival || !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
     }
@@ -235,6 +244,25 @@ static PyObject *bad_state(void) {
 
 /* ------------------------------------------------------------------ per-byte work */
 
+/* slot_check (_checked_slots in numpy): entry 0 of a slot (no counter uses it) holds a
+ * 16-bit check of the context that owns the slot, 1..65536 (never a counter's value).
+ * A context looks in its slot and in the slot's neighbour (slot ^ 1); when neither is its
+ * own it takes the one whose first counter has seen fewer bits (the first on a tie; an
+ * unclaimed slot has seen none), and resets its counters. Streams claim in row order. */
+static inline int is_check(i64 v) { return v >= 1 && v <= 65536; }
+static i64 checked_slot(Kernel *k, i64 off, i64 slot, i64 chk) {
+    i64 *t = k->t, b = off + slot * 16;
+    if (t[b] == chk) return b;
+    if (is_check(t[b])) {
+        i64 b2 = off + (slot ^ 1) * 16;
+        if (t[b2] == chk) return b2;
+        if ((t[b2 + 1] & N_MASK) < (t[b + 1] & N_MASK)) b = b2;
+    }
+    t[b] = chk;
+    for (int m = 1; m < 16; m++) t[b + m] = (i64)1 << (P_BITS - 1) << N_BITS;
+    return b;
+}
+
 /* _nibble_slots for stream i: hi is 0 for the high nibble, 1 + the high nibble after. */
 static void nibble_slots(Kernel *k, i64 i, i64 hi) {
     i64 nc = k->prm[P_NC];
@@ -247,7 +275,10 @@ static void nibble_slots(Kernel *k, i64 i, i64 hi) {
         } else {
             u64 h = (v + (u64)hi * H3 + (u64)j) * H1;
             h = (h ^ (h >> 29)) * H2;
-            k->blk[i * nc + j] = k->ctxoff[j] + (i64)(h >> slot_shift) * 16;
+            i64 slot = (i64)(h >> slot_shift);
+            k->blk[i * nc + j] = k->ctxoff[j] + slot * 16;
+            if (k->prm[P_SLOTCHECK])
+                k->blk[i * nc + j] = checked_slot(k, k->ctxoff[j], slot, (i64)((h >> 16) & 0xFFFF) + 1);
         }
         /* The slot's 16 counters (two cache lines) serve the next four bits: fetch them
          * now rather than stall on the first one (no effect on any value). */
@@ -299,6 +330,14 @@ static void byte_contexts(Kernel *k, i64 i) {
         }
         case K_ABOVE2: v = ((u64)k->above[i] << 16) | (h8 & 0xFFFF); break;
         case K_TEMPLATE: v = (k->tmpl[i] + c1) * H3; break;
+        case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
+        case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
+            i64 ml = k->mlen[i];
+            u64 mb = k->mok[i] ? k->hist[k->mptr[i]] : 256;
+            u64 lb = k->mok[i] ? (u64)(ml < 16 ? ml : 16 + (ml >= 32)) : 0;
+            v = (((mb << 5) | lb) << 8) | c1;
+            break;
+        }
         case K_SHAPEFIELD: {
             u64 sig = 0;
             for (int m = 0; m < 4; m++) sig = (sig << 3) | BYTECLASS[(h8 >> (8 * m)) & 0xFF];
@@ -350,6 +389,10 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 ub = (u64)byte;
         u64 h8 = (k->h8[i] << 8) | ub;
         k->h8[i] = h8;
+        /* the indirect table: this byte follows the pair before it (written in pass 3) */
+        i64 ik = (i64)((h8 >> 8) & 0xFFFF);
+        k->ikey[i] = ik;
+        k->ival[i] = ((k->ind2[ik] << 8) | (i64)ub) & 0xFFFF;
         int is_word = k->wordbyte[byte] != 0;
         u64 wordh = k->wordh[i];
         if (!is_word && wordh != 0) k->pword[i] = wordh;
@@ -408,7 +451,10 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         k->mptr[i] = mptr;
         k->mok[i] = mlen > 0;
     }
-    /* Pass 3: record this position (np.maximum.at: the most recent, then the highest row). */
+    /* Pass 3: the indirect table from values read before the step; streams that share a
+     * pair write in row order, so the highest row's value stays (as in numpy). */
+    for (i64 i = 0; i < n; i++) k->ind2[k->ikey[i]] = k->ival[i];
+    /* Record this position (np.maximum.at: the most recent, then the highest row). */
     if (nxt >= mmin)
         for (i64 i = 0; i < n; i++) {
             i64 v = ((nxt + 1) << 16) | i;

@@ -57,7 +57,10 @@ VERSION = 1
 #: letter, space, ...) of the last 8 bytes with the last byte; above2: the byte above with
 #: the last two bytes; shapefield: the classes of the last 4 bytes with the field index
 #: and the last byte; template: the line so far with every digit run collapsed to one
-#: marker (the log statement being printed, whatever its numbers), with the last byte.
+#: marker (the log statement being printed, whatever its numbers), with the last byte;
+#: ind2: the last two bytes, with the two bytes that followed them the last time they
+#: occurred (paq's indirect context); matchbyte: the byte the match model predicts (or
+#: none) with its length (saturating) and the last byte.
 #: Names are only ever appended: an archive lists its contexts, so
 #: older archives keep decoding. On loghub (one stream, each file alone, 2**21 tables):
 #: the first eleven 0.4263 bpb, + sparse 0.4252, + o8 0.4260, + linepos 0.4115, + shape
@@ -65,7 +68,8 @@ VERSION = 1
 #: 0.4053, + both 0.4028 (a column-with-word context: no gain).
 CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
-    "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template",
+    "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
+    "matchbyte",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -76,9 +80,10 @@ LEVELS: dict[int, tuple[str, ...]] = {
     2: ("o0", "o1", "o2", "o3", "o4", "o6"),
     # (o5 gave way to template: loghub 0.3588 -> 0.3562 bpb; dropping o5 alone cost
     # nothing measurable, 0.3562 either way)
+    # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
-        "linepos", "shape", "above2", "shapefield", "template",
+        "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -103,7 +108,7 @@ DEFAULT_MIXER_SELECTORS = tuple(MIXER_SELECTORS)
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use about 2**23.8 (the 13 hashed contexts of level 3 at 2**20 counters each: 117 MiB).
+# use about 2**24.1 (the 15 hashed contexts of level 3 at 2**20 counters each: 134 MiB).
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -204,6 +209,7 @@ def _shape(h8: U64, k: int) -> U64:
 
 
 APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
+IND2_SIZE = 1 << 16  # the indirect table: one entry per pair of bytes
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
 
 
@@ -233,6 +239,7 @@ class ContextMixPredictor(Predictor):
         apm_limit: int = 127,
         mixer_contexts: tuple[str, ...] | list[str] | None = None,
         external_input: bool = False,
+        slot_check: bool = True,
         compiled: bool | None = None,
     ) -> None:
         if isinstance(level, str):  # "cm:2" on a command line
@@ -282,6 +289,12 @@ class ContextMixPredictor(Predictor):
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
         # byte that the caller supplies (set_external): the transformer's distribution.
         self.external_input = external_input
+        if not isinstance(slot_check, bool):
+            raise ValueError(f"slot_check must be true or false, got {slot_check!r}")
+        # slot_check: a hashed context's slot keeps a 16-bit check of the context that owns
+        # it, in a 2-way set, so colliding contexts replace each other instead of sharing
+        # counters (_checked_slots). Archives made before it have none.
+        self.slot_check = slot_check
         self.table_bits = table_bits
         self.history_bits = history_bits
         self.match_hash_bits = match_hash_bits
@@ -404,6 +417,8 @@ class ContextMixPredictor(Predictor):
             desc["params"]["mixer_contexts"] = list(self.mixer_contexts)
         if self.external_input:
             desc["params"]["external_input"] = True
+        if self.slot_check:
+            desc["params"]["slot_check"] = True
         return desc
 
     #: Compiled, a frame runs in C at the same speed whatever B is, and one stream
@@ -441,6 +456,9 @@ class ContextMixPredictor(Predictor):
         t[self._wx_off : self._ext_w_off] = 0  # the extra sets start as no correction
         t[self._ext_w_off :] = EXT_WEIGHT_INIT
         self._t = t
+        # The indirect table (ind2): the last two bytes that followed each pair of bytes,
+        # shared by the streams and learned like the counters.
+        self._ind2 = np.zeros(IND2_SIZE, dtype=np.int64)
         self.begin(0)
 
     def begin(self, n_streams: int) -> None:
@@ -506,19 +524,22 @@ class ContextMixPredictor(Predictor):
             STRETCH, SQUASH, RECIP, MATCH_BUCKET, WORD_BYTE, self._lim, self._ctx_off,
             # the kernel's context kinds are positions in CONTEXT_NAMES
             np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
-            self._sel_off, self._sel_kinds, self._tmpl,
+            self._sel_off, self._sel_kinds, self._tmpl, self._ind2,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
             self._match_off, self._w_off, self.table_bits, self.mixer_shift,
             self._ring_bits, self.match_min, self.match_hash_bits, self._table_size,
-            self._n_sets, self._n_ext, self._ext_w_off,
+            self._n_sets, self._n_ext, self._ext_w_off, int(self.slot_check),
         )  # fmt: skip
         return _cm_kernel.Kernel(arrays, params)
 
     def state_digest(self) -> str:
         """SHA-256 (hex) of every shared learned number: what golden tests pin."""
-        return hashlib.sha256(self._t.astype("<i8").tobytes()).hexdigest()
+        digest = hashlib.sha256(self._t.astype("<i8").tobytes())
+        if "ind2" in self.contexts:  # (the table is all zeros, and not hashed, without it)
+            digest.update(self._ind2.astype("<i8").tobytes())
+        return digest.hexdigest()
 
     # ------------------------------------------------------------ per-byte work
 
@@ -526,6 +547,8 @@ class ContextMixPredictor(Predictor):
         """Context values of the byte about to be coded (streams 0..n-1), and their slots."""
         h8 = self._h8[:n]
         c1 = h8 & _u64(0xFF)
+        mok = self._mok[:n]
+        mbyte = self._hist[self._mptr[:n]].astype(np.int64)
         # Order-k contexts: the last k bytes, all at once.
         # (They come first: CONTEXT_NAMES lists them first and contexts keep its order.)
         np.bitwise_and(h8[:, None], self._order_masks, out=self._ctx_vals[:n, : self._n_orders])
@@ -551,6 +574,14 @@ class ContextMixPredictor(Predictor):
                 v = (self._above[:n].astype(np.uint64) << _u64(16)) | (h8 & _u64(0xFFFF))
             elif c == "template":  # the line's template with the last byte
                 v = (self._tmpl[:n] + c1) * _u64(_H3)
+            elif c == "ind2":  # the last two bytes and what followed them last time
+                c2 = h8 & _u64(0xFFFF)
+                v = (self._ind2[c2.astype(np.int64)].astype(np.uint64) << _u64(16)) | c2
+            elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
+                ml = self._mlen[:n]
+                mb = np.where(mok, mbyte, 256).astype(np.uint64)
+                lb = np.where(mok, np.where(ml < 16, ml, 16 + (ml >= 32)), 0).astype(np.uint64)
+                v = (((mb << _u64(5)) | lb) << _u64(8)) | c1
             else:  # shapefield: the classes of the last 4 bytes, the field index, the last byte
                 f = self._field[:n].astype(np.uint64)
                 v = (((_shape(h8, 4) << _u64(6)) | f) << _u64(8)) | c1
@@ -558,8 +589,7 @@ class ContextMixPredictor(Predictor):
         self._nibble_slots(n, np.zeros(n, dtype=np.int64))
         # Match model: counter slot per bit (length bucket, expected bit, bit position),
         # weight-set offset (match bucket 0..3), APM2 context (last byte).
-        mbucket = np.where(self._mok[:n], MATCH_BUCKET[np.minimum(self._mlen[:n], 64)], 0)
-        mbyte = self._hist[self._mptr[:n]].astype(np.int64)
+        mbucket = np.where(mok, MATCH_BUCKET[np.minimum(self._mlen[:n], 64)], 0)
         shifts = np.arange(7, -1, -1, dtype=np.int64)
         self._ebit = (mbyte[:, None] >> shifts) & 1  # (n, 8) the bits the match predicts
         self._midx = self._match_off + (mbucket[:, None] * 2 + self._ebit) * 16 + np.arange(8)
@@ -589,7 +619,41 @@ class ContextMixPredictor(Predictor):
             h = (hv + hi.astype(np.uint64)[:, None] * _u64(_H3) + cols) * _u64(_H1)
             h = (h ^ (h >> _u64(29))) * _u64(_H2)
             slot = (h >> _u64(64 - (self.table_bits - 4))).astype(np.int64)
-            blk[:n, self._hashed_cols] = self._ctx_off[self._hashed_cols] + slot * 16
+            off = self._ctx_off[self._hashed_cols]
+            if self.slot_check:
+                chk = ((h >> _u64(16)) & _u64(0xFFFF)).astype(np.int64) + 1
+                blk[:n, self._hashed_cols] = self._checked_slots(off, slot, chk)
+            else:
+                blk[:n, self._hashed_cols] = off + slot * 16
+
+    def _checked_slots(self, off: I64, slot: I64, chk: I64) -> I64:
+        """slot_check: the slot of each (stream, hashed context), claiming it if needed.
+
+        Entry 0 of a slot (no counter uses it) holds a 16-bit check of the context that
+        owns the slot, 1..65536 (never a counter's value). A context looks in its slot and
+        in the neighbour (slot ^ 1); when neither is its own it takes the one whose first
+        counter has seen fewer bits (the first on a tie; an unclaimed slot has seen none),
+        with fresh counters. Streams claim one after another in row order (two streams may
+        want one slot), so this loops over streams, vectorised over contexts (each has its
+        own table region).
+        """
+        t = self._t
+        out = np.empty_like(slot)
+        fresh = P_HALF << N_BITS
+        for i in range(slot.shape[0]):
+            b = off + slot[i] * 16
+            b2 = off + (slot[i] ^ 1) * 16
+            c = chk[i]
+            mine = t[b] == c
+            taken = (t[b] >= 1) & (t[b] <= 65536)
+            mine2 = ~mine & taken & (t[b2] == c)
+            fewer2 = (t[b2 + 1] & N_MASK) < (t[b + 1] & N_MASK)
+            claim = ~mine & ~mine2
+            new = np.where(taken & fewer2, b2, b)[claim]
+            t[new] = c[claim]
+            t[new[:, None] + np.arange(1, 16)] = fresh
+            out[i] = np.where(mine, b, np.where(mine2, b2, np.where(taken & fewer2, b2, b)))
+        return out
 
     def _end_byte(self, n: int) -> None:
         """The byte of streams 0..n-1 is complete: update the per-stream history."""
@@ -601,6 +665,13 @@ class ContextMixPredictor(Predictor):
         row_base = rows << self._ring_bits
         hist[row_base + (pos & ring_mask)] = byte.astype(np.uint8)
         ub = byte.astype(np.uint64)
+        # The indirect table: this byte follows the pair before it. Values come from the
+        # table as it was before the step; streams that share a pair leave the value of
+        # the highest row (the C kernel writes in row order).
+        pair = (self._h8[:n] & _u64(0xFFFF)).astype(np.int64)
+        ival = ((self._ind2[pair] << 8) | byte) & 0xFFFF
+        last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
+        self._ind2[pair[last]] = ival[last]
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
 
         # Log structure: word hash, column, field index, line starts, the byte above.
@@ -993,6 +1064,9 @@ def from_descriptor(desc: Any) -> ContextMixPredictor:
     kwargs["mixer_contexts"] = tuple(sel)
     if "external_input" in kwargs and kwargs["external_input"] is not True:
         raise CorruptInputError("context-mixing external_input must be true when present")
+    # Older archives have no slot checks.
+    if kwargs.setdefault("slot_check", False) is not False and kwargs["slot_check"] is not True:
+        raise CorruptInputError("context-mixing slot_check must be true when present")
     try:
         pred = ContextMixPredictor(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -1016,7 +1090,7 @@ _PARAM_NAMES = frozenset(
     }
 )
 #: Params added later: an archive without them used the earlier behaviour.
-_OPTIONAL_PARAM_NAMES = frozenset({"mixer_contexts", "external_input"})
+_OPTIONAL_PARAM_NAMES = frozenset({"mixer_contexts", "external_input", "slot_check"})
 
 #: Named parameter sets an archive may give instead of the parameters themselves. Never
 #: change or remove one (archives name them); add a new name for new defaults.
@@ -1035,3 +1109,11 @@ PRESETS["l3-2026-11+external"] = {**PRESETS["l3-2026-11"], "external_input": Tru
 # level 1 (--adapt fast)
 PRESETS["l1-2026-11"] = {**PRESETS["l3-2026-11"], "contexts": ["o1", "o2", "o3", "o4"]}
 PRESETS["l1-2026-11+external"] = {**PRESETS["l1-2026-11"], "external_input": True}
+# slot checks with the indirect and match-byte contexts (first 256 KiB of every file of
+# ../shared/corpus, cm alone: 455,262 -> 443,620 payload bytes, -2.6%)
+PRESETS["l3-2026-12"] = {
+    **PRESETS["l3-2026-11"], "contexts": list(LEVELS[3]), "slot_check": True,
+}  # fmt: skip
+PRESETS["l3-2026-12+external"] = {**PRESETS["l3-2026-12"], "external_input": True}
+PRESETS["l1-2026-12"] = {**PRESETS["l3-2026-12"], "contexts": list(LEVELS[1])}
+PRESETS["l1-2026-12+external"] = {**PRESETS["l1-2026-12"], "external_input": True}

@@ -51,8 +51,8 @@ def test_checkpoint_levels_pick_the_predictor(ckpt: Path) -> None:
     assert default["cm"]["preset"] in PRESETS  # the default cm level, by name
     fast = choose_model(str(ckpt), "fast").descriptor
     assert fast["name"] == "cm+transformer"
-    assert fast["cm"]["preset"] == "l1-2026-11+external"
-    assert PRESETS["l1-2026-11+external"]["contexts"] == list(LEVELS[1])
+    assert fast["cm"]["preset"] == "l1-2026-12+external"
+    assert PRESETS["l1-2026-12+external"]["contexts"] == list(LEVELS[1])
     assert choose_model(str(ckpt), "none").descriptor["name"] == "transformer"
 
 
@@ -65,8 +65,8 @@ def test_adapt_level_names_what_an_archive_used(ckpt: Path) -> None:
 
 def test_cm_levels_without_a_checkpoint() -> None:
     assert choose_model("cm").descriptor == choose_model("cm", "max").descriptor
-    assert choose_model("cm", "fast").descriptor["preset"] == "l1-2026-11"
-    assert PRESETS["l1-2026-11"]["contexts"] == list(LEVELS[1])
+    assert choose_model("cm", "fast").descriptor["preset"] == "l1-2026-12"
+    assert PRESETS["l1-2026-12"]["contexts"] == list(LEVELS[1])
     assert choose_model("cm", "fast").descriptor == choose_model("cm:1").descriptor
 
 
@@ -123,7 +123,7 @@ def test_cli_adapt_flag(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     src.write_bytes(LOG)
     assert cli.main(["-q", "-m", str(ckpt), "--adapt", "fast", str(src)]) == 0
     archive = tmp_path / "app.log.tzp"
-    assert _descriptor(archive.read_bytes())["cm"]["preset"] == "l1-2026-11+external"
+    assert _descriptor(archive.read_bytes())["cm"]["preset"] == "l1-2026-12+external"
     capsys.readouterr()
     assert cli.main(["list", str(archive)]) == 0
     assert "cm+tiny-test (fast)" in capsys.readouterr().out
