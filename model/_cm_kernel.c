@@ -83,7 +83,7 @@ enum {
     A_ABASE, A_CTXV, A_EBIT, A_MIDX, A_WSEL, A_WSEL2, A_P12,
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
-    A_SELOFF, A_SELKINDS, A_TMPL, A_IND2,
+    A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -91,7 +91,7 @@ static const char *array_names[N_ARRAYS] = {
     "hist", "mtab", "mlen", "mptr", "mok", "idx", "val", "pcl", "x", "wbase", "blk",
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
-    "sel_off", "sel_kinds", "tmpl", "ind2",
+    "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -117,7 +117,7 @@ typedef struct {
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
-    i64 *stretch, *squash, *recip, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
+    i64 *stretch, *squash, *recip, *recip_apm, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
     /* per-stream scratch of the match lookup and the indirect table's update (n <= b) */
     i64 *cand, *key, *ikey, *ival;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
@@ -182,7 +182,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
         [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
         [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
-        [A_TMPL] = b, [A_IND2] = IND2_SIZE,
+        [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -211,7 +211,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->squash = V(A_SQUASH); self->recip = V(A_RECIP); self->mbucket = V(A_MBUCKET);
     self->wordbyte = V(A_WORDBYTE); self->lim = V(A_LIM); self->ctxoff = V(A_CTXOFF);
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
-    self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2);
+    self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2); self->recip_apm = V(A_RECIPAPM);
 #undef V
     for (i64 j = 0; j < nc; j++)
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
@@ -565,10 +565,12 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
         i64 ns = k->prm[P_NSETS], next = k->prm[P_NEXT];
         const i64 *x = k->x + i * (ns * ni + next), *wbase = k->wbase + i * ns;
         i64 yi = y[i];
-        /* Counters (contexts, match, APM points): toward the bit by 1/(count + 1.5). */
+        /* Counters (contexts, match, APM points): toward the bit by 1/(count + offset),
+         * the contexts' and match's offset first, then the APM points'. */
         for (i64 j = 0; j < cw; j++) {
             i64 cnt = val[j] & N_MASK;
-            i64 d = ((yi << P_BITS) - pc[j]) * k->recip[cnt];
+            const i64 *recip = j < k->prm[P_CAPM] ? k->recip : k->recip_apm;
+            i64 d = ((yi << P_BITS) - pc[j]) * recip[cnt];
             d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[j]);
             t[idx[j]] += (u64)d;
         }

@@ -176,8 +176,15 @@ def _stretch_table() -> I64:
 
 STRETCH = _stretch_table()
 
-# Adaptive counter rate 1/(n + 1.5) in Q16: fast while a context is young, then slower.
-RECIP = np.array([131072 // (2 * n + 3) for n in range(1 << N_BITS)], dtype=np.int64)
+
+def recip_table(offset: int) -> I64:
+    """Adaptive counter rate 1/(n + offset/20) in Q16, n = the counter's count: fast while
+    a context is young, then slower. offset 30 (1/(n + 1.5)) was the only rate before
+    the `counter_offset` and `apm_offset` parameters."""
+    return np.array([(20 << 16) // (20 * n + offset) for n in range(1 << N_BITS)], dtype=np.int64)
+
+
+OLD_RATE_OFFSET = 30  # 1/(n + 1.5): what an archive without the offsets used
 
 # Match length -> bucket (0 = no match), roughly logarithmic beyond 16.
 _MLB = np.minimum(np.arange(64), 15)
@@ -240,6 +247,8 @@ class ContextMixPredictor(Predictor):
         mixer_contexts: tuple[str, ...] | list[str] | None = None,
         external_input: bool = False,
         slot_check: bool = True,
+        counter_offset: int = 23,
+        apm_offset: int = 400,
         compiled: bool | None = None,
     ) -> None:
         if isinstance(level, str):  # "cm:2" on a command line
@@ -271,6 +280,8 @@ class ContextMixPredictor(Predictor):
             ("mixer_shift", mixer_shift, 4, 24),
             ("mixer_init", mixer_init, 0, 1 << 17),
             ("apm_limit", apm_limit, 1, (1 << N_BITS) - 128),
+            ("counter_offset", counter_offset, 21, 4000),
+            ("apm_offset", apm_offset, 21, 4000),
         ):
             if not isinstance(val, int) or isinstance(val, bool) or not lo <= val <= hi:
                 raise ValueError(f"{nm} must be an integer in [{lo}, {hi}], got {val!r}")
@@ -295,6 +306,18 @@ class ContextMixPredictor(Predictor):
         # it, in a 2-way set, so colliding contexts replace each other instead of sharing
         # counters (_checked_slots). Archives made before it have none.
         self.slot_check = slot_check
+        # Counters move toward each bit by 1/(n + offset/20): the context and match
+        # counters by counter_offset, the APM points by apm_offset. The first 256 KiB of
+        # every corpus file (cm alone, with slot_check, ind2, matchbyte), payload bytes by
+        # counter/APM offset: 30/30 (the rate before these parameters) 440,986; 25/25
+        # 438,166; 22/22 438,328; 40/40 447,916; 25/30 436,802; 25/40 435,232; 25/60
+        # 433,750; 25/100 432,602; 24/200 431,040; 22/200 430,324; 24/400 430,814;
+        # 23/400 430,174; 21/400 431,768; 22/800 430,188. (Then mixer_shift 12 456,164,
+        # 14 432,888: it stays 13; counter_limit 127/600 and apm_limit 255 within 0.03%.)
+        self.counter_offset = counter_offset
+        self.apm_offset = apm_offset
+        self._recip = recip_table(counter_offset)
+        self._recip_apm = recip_table(apm_offset)
         self.table_bits = table_bits
         self.history_bits = history_bits
         self.match_hash_bits = match_hash_bits
@@ -419,6 +442,9 @@ class ContextMixPredictor(Predictor):
             desc["params"]["external_input"] = True
         if self.slot_check:
             desc["params"]["slot_check"] = True
+        for name in ("counter_offset", "apm_offset"):
+            if getattr(self, name) != OLD_RATE_OFFSET:
+                desc["params"][name] = getattr(self, name)
         return desc
 
     #: Compiled, a frame runs in C at the same speed whatever B is, and one stream
@@ -521,10 +547,10 @@ class ContextMixPredictor(Predictor):
             self._mlen, self._mptr, self._mok, self._idx, self._val, self._pcl, self._x,
             self._wbase, self._blk, self._abase, self._ctx_vals, self._ebit, self._midx,
             self._wsel, self._wsel2, self._p12,
-            STRETCH, SQUASH, RECIP, MATCH_BUCKET, WORD_BYTE, self._lim, self._ctx_off,
+            STRETCH, SQUASH, self._recip, MATCH_BUCKET, WORD_BYTE, self._lim, self._ctx_off,
             # the kernel's context kinds are positions in CONTEXT_NAMES
             np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
-            self._sel_off, self._sel_kinds, self._tmpl, self._ind2,
+            self._sel_off, self._sel_kinds, self._tmpl, self._ind2, self._recip_apm,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -999,7 +1025,8 @@ class ContextMixPredictor(Predictor):
         cnt = val & N_MASK
         d = dlt[:, : self._c_w]
         np.subtract((y << P_BITS)[:, None], self._pcl[:n], out=d)
-        d *= RECIP[cnt]
+        d[:, : self._c_apm] *= self._recip[cnt[:, : self._c_apm]]  # contexts, match
+        d[:, self._c_apm :] *= self._recip_apm[cnt[:, self._c_apm :]]  # APM points
         d >>= 16
         d <<= N_BITS
         d += cnt < self._lim
@@ -1067,6 +1094,9 @@ def from_descriptor(desc: Any) -> ContextMixPredictor:
     # Older archives have no slot checks.
     if kwargs.setdefault("slot_check", False) is not False and kwargs["slot_check"] is not True:
         raise CorruptInputError("context-mixing slot_check must be true when present")
+    # ... and the one counter rate of then.
+    kwargs.setdefault("counter_offset", OLD_RATE_OFFSET)
+    kwargs.setdefault("apm_offset", OLD_RATE_OFFSET)
     try:
         pred = ContextMixPredictor(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -1090,7 +1120,9 @@ _PARAM_NAMES = frozenset(
     }
 )
 #: Params added later: an archive without them used the earlier behaviour.
-_OPTIONAL_PARAM_NAMES = frozenset({"mixer_contexts", "external_input", "slot_check"})
+_OPTIONAL_PARAM_NAMES = frozenset(
+    {"mixer_contexts", "external_input", "slot_check", "counter_offset", "apm_offset"}
+)
 
 #: Named parameter sets an archive may give instead of the parameters themselves. Never
 #: change or remove one (archives name them); add a new name for new defaults.
@@ -1109,10 +1141,12 @@ PRESETS["l3-2026-11+external"] = {**PRESETS["l3-2026-11"], "external_input": Tru
 # level 1 (--adapt fast)
 PRESETS["l1-2026-11"] = {**PRESETS["l3-2026-11"], "contexts": ["o1", "o2", "o3", "o4"]}
 PRESETS["l1-2026-11+external"] = {**PRESETS["l1-2026-11"], "external_input": True}
-# slot checks with the indirect and match-byte contexts (first 256 KiB of every file of
-# ../shared/corpus, cm alone: 455,262 -> 443,620 payload bytes, -2.6%)
+# slot checks, the indirect and match-byte contexts, faster counters and slower APMs
+# (first 256 KiB of every file of ../shared/corpus, cm alone: 455,262 -> 440,986 payload
+# bytes with the first three, 430,174 with the rates: -5.5%)
 PRESETS["l3-2026-12"] = {
     **PRESETS["l3-2026-11"], "contexts": list(LEVELS[3]), "slot_check": True,
+    "counter_offset": 23, "apm_offset": 400,
 }  # fmt: skip
 PRESETS["l3-2026-12+external"] = {**PRESETS["l3-2026-12"], "external_input": True}
 PRESETS["l1-2026-12"] = {**PRESETS["l3-2026-12"], "contexts": list(LEVELS[1])}

@@ -188,7 +188,7 @@ def test_stream_order_within_a_step_does_not_matter_for_shared_updates() -> None
     # data: no repeats, so the match table, whose ties break by row, stays out of it.
     # Slot claims and the indirect table also go by row: the first default without them.)
     s1, s2 = random.Random(4).randbytes(100), random.Random(5).randbytes(100)
-    kw = {**context_mix.PRESETS["l3-2026-11"], "slot_check": False}
+    kw = {**context_mix.PRESETS["l3-2026-11"], "slot_check": False, "counter_offset": 30, "apm_offset": 30}
     a, b = small(**kw), small(**kw)
     run(a, [s1, s2])
     run(b, [s2, s1])
@@ -233,7 +233,8 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     desc = small().descriptor()
     assert desc["name"] == "cm" and desc["version"] == 1
     # every parameter but external_input, which only cm+transformer's cm sets
-    assert set(desc["params"]) == context_mix._PARAM_NAMES | {"mixer_contexts", "slot_check"}
+    assert set(desc["params"]) == context_mix._PARAM_NAMES | {
+        "mixer_contexts", "slot_check", "counter_offset", "apm_offset"}  # fmt: skip
     assert set(small(external_input=True).descriptor()["params"]) == (
         context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     )
@@ -253,6 +254,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # the previous default: named by its own preset, without slot checks
     old = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-11"})
     assert not old.slot_check and "ind2" not in old.contexts
+    assert (old.counter_offset, old.apm_offset) == (30, 30)
     assert old.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-11"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
@@ -261,6 +263,25 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     ):
         with pytest.raises(CorruptInputError):
             from_descriptor(bad)
+
+
+def test_descriptor_without_rate_offsets_means_the_first_rate() -> None:
+    # Archives made before counter_offset/apm_offset moved every counter by 1/(n + 1.5).
+    first = np.array([131072 // (2 * n + 3) for n in range(1 << context_mix.N_BITS)])
+    assert np.array_equal(context_mix.recip_table(context_mix.OLD_RATE_OFFSET), first)
+    old = small(counter_offset=30, apm_offset=30)
+    assert not {"counter_offset", "apm_offset"} & set(old.descriptor()["params"])
+    back = from_descriptor(old.descriptor())
+    assert (back.counter_offset, back.apm_offset) == (30, 30)
+    new = from_descriptor(small().descriptor())
+    assert (new.counter_offset, new.apm_offset) == (23, 400)
+    for bad in ({"counter_offset": 20}, {"apm_offset": 4001}, {"counter_offset": 23.0}):
+        with pytest.raises(CorruptInputError):
+            from_descriptor(_bad(**bad))
+    # the two rates are separate: changing either changes what is learned
+    data = [log_text(3)]
+    digests = {run(small(**kw), data) for kw in ({}, {"counter_offset": 30}, {"apm_offset": 30})}
+    assert len(digests) == 3
 
 
 def test_descriptor_without_mixer_contexts_means_none() -> None:
@@ -368,13 +389,17 @@ GOLDENS = {
         GOLDEN,
         {
             "contexts": FIRST_LEVEL3, "mixer_contexts": (), "apm_limit": 12,
-            "mixer_init": 1 << 14, "slot_check": False,
+            "mixer_init": 1 << 14, "slot_check": False, "counter_offset": 30,
+            "apm_offset": 30,
         },
     ),
     # the default of preset l3-2026-11 (with small tables)
     "l3_2026_11": (
         GOLDEN.with_name("context_mix_l3_2026_11.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-11"]["contexts"], "slot_check": False},
+        {
+            "contexts": context_mix.PRESETS["l3-2026-11"]["contexts"], "slot_check": False,
+            "counter_offset": 30, "apm_offset": 30,
+        },
     ),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
