@@ -102,7 +102,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_LAST = S_MATCH 
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
     P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
-    P_SLOTCHECK,
+    P_SLOTCHECK, P_POS0,
     N_PARAMS
 };
 
@@ -166,7 +166,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
         self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40 ||
-        self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1) {
+        self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1 || self->prm[P_POS0] < 0) {
         PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
         return -1;
     }
@@ -251,10 +251,12 @@ static PyObject *bad_state(void) {
  * unclaimed slot has seen none), and resets its counters. Streams claim in row order. */
 static inline int is_check(i64 v) { return v >= 1 && v <= 65536; }
 static i64 checked_slot(Kernel *k, i64 off, i64 slot, i64 chk) {
-    i64 *t = k->t, b = off + slot * 16;
+    i64 *t = k->t, b = off + slot * 16, b2 = off + (slot ^ 1) * 16;
+    i64 tsize = k->prm[P_TABLESIZE];
+    /* outside the table: leave it to predict's index check (inconsistent state) */
+    if (b < 0 || b2 < 0 || b + 16 > tsize || b2 + 16 > tsize) return b;
     if (t[b] == chk) return b;
     if (is_check(t[b])) {
-        i64 b2 = off + (slot ^ 1) * 16;
         if (t[b2] == chk) return b2;
         if ((t[b2 + 1] & N_MASK) < (t[b + 1] & N_MASK)) b = b2;
     }
@@ -598,7 +600,7 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             nibble_slots(k, i, k->c0[i] - 15); /* 1 + the high nibble */
         }
     } else if (bit + 1 == 8) {
-        end_byte(k, n, step);
+        end_byte(k, n, k->prm[P_POS0] + step); /* positions go on across frames (carry_history) */
         for (i64 i = 0; i < n; i++) {
             k->c0[i] = 1;
             k->c0n[i] = 1;

@@ -143,7 +143,7 @@ def test_archives_from_before_the_short_descriptor_still_decode(ckpt_path: Path,
     # digits and its key)
     if name.startswith("archive_cm"):
         then = {"contexts": PRESETS["l3-2026-11"]["contexts"], "slot_check": False,
-                "counter_offset": 30, "apm_offset": 30}
+                "counter_offset": 30, "apm_offset": 30, "carry_history": False}
         now = tinyzip.compress(LOG + bytes(range(256)), model=mixed(ckpt_path, **then),
                                streams=1, frame_size=400)
         assert len(blob) - len(now) == len(b',"model_id":""') + 64

@@ -14,12 +14,20 @@ import pytest
 from tinyzip.model import context_mix
 from tinyzip.model.context_mix import ContextMixPredictor, from_descriptor
 
+import tinyzip
 from tinyzip.errors import CorruptInputError
 
 GOLDEN = Path(__file__).parent / "golden" / "context_mix.json"
 
 # Small tables keep each test fast; the defaults allocate a few hundred MiB.
 SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits": 10}
+
+
+# What the parameters added with preset l3-2026-12 meant before it (absent from a
+# descriptor: off / the one rate of then).
+BEFORE_2026_12: dict[str, Any] = {
+    "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
+}  # fmt: skip
 
 
 def small(**kw: Any) -> ContextMixPredictor:
@@ -188,7 +196,7 @@ def test_stream_order_within_a_step_does_not_matter_for_shared_updates() -> None
     # data: no repeats, so the match table, whose ties break by row, stays out of it.
     # Slot claims and the indirect table also go by row: the first default without them.)
     s1, s2 = random.Random(4).randbytes(100), random.Random(5).randbytes(100)
-    kw = {**context_mix.PRESETS["l3-2026-11"], "slot_check": False, "counter_offset": 30, "apm_offset": 30}
+    kw = {**context_mix.PRESETS["l3-2026-11"], **BEFORE_2026_12}
     a, b = small(**kw), small(**kw)
     run(a, [s1, s2])
     run(b, [s2, s1])
@@ -234,7 +242,7 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     assert desc["name"] == "cm" and desc["version"] == 1
     # every parameter but external_input, which only cm+transformer's cm sets
     assert set(desc["params"]) == context_mix._PARAM_NAMES | {
-        "mixer_contexts", "slot_check", "counter_offset", "apm_offset"}  # fmt: skip
+        "mixer_contexts", "slot_check", "counter_offset", "apm_offset", "carry_history"}  # fmt: skip
     assert set(small(external_input=True).descriptor()["params"]) == (
         context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     )
@@ -254,7 +262,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # the previous default: named by its own preset, without slot checks
     old = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-11"})
     assert not old.slot_check and "ind2" not in old.contexts
-    assert (old.counter_offset, old.apm_offset) == (30, 30)
+    assert (old.counter_offset, old.apm_offset, old.carry_history) == (30, 30, False)
     assert old.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-11"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
@@ -389,17 +397,13 @@ GOLDENS = {
         GOLDEN,
         {
             "contexts": FIRST_LEVEL3, "mixer_contexts": (), "apm_limit": 12,
-            "mixer_init": 1 << 14, "slot_check": False, "counter_offset": 30,
-            "apm_offset": 30,
+            "mixer_init": 1 << 14, **BEFORE_2026_12,
         },
     ),
     # the default of preset l3-2026-11 (with small tables)
     "l3_2026_11": (
         GOLDEN.with_name("context_mix_l3_2026_11.json"),
-        {
-            "contexts": context_mix.PRESETS["l3-2026-11"]["contexts"], "slot_check": False,
-            "counter_offset": 30, "apm_offset": 30,
-        },
+        {"contexts": context_mix.PRESETS["l3-2026-11"]["contexts"], **BEFORE_2026_12},
     ),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
@@ -434,3 +438,38 @@ def test_tables_match_golden_hash(case: str) -> None:
     want = json.loads(path.read_text())
     assert want["descriptor"] == small(**kw).descriptor()
     assert got == want["sha256"]
+
+
+def test_carry_history_continues_the_streams_of_the_last_frame() -> None:
+    text = log_text(30)
+    a, b = text[:1500], text[1500:3000]
+    for carry in (False, True):
+        pred = small(carry_history=carry)
+        run(pred, [a])
+        pred.begin(1)
+        if carry:  # the last bytes, line and match state go on, positions count on
+            assert pred._pos0 == len(a) and int(pred._h8[0]) & 0xFF == a[-1]
+            assert pred._line[0] > 0
+        else:
+            assert pred._pos0 == 0 and int(pred._h8[0]) == 0
+        pred.begin(2)  # another number of streams: empty histories, position 0
+        assert pred._pos0 == 0 and not pred._h8.any()
+    # a second frame that repeats the first codes smaller when the match model remembers
+    sizes = {}
+    for carry in (False, True):
+        blob = tinyzip.compress(a + a, model=small(carry_history=carry), frame_size=len(a))
+        assert tinyzip.decompress(blob) == a + a
+        sizes[carry] = len(blob)
+    assert sizes[True] < sizes[False] * 0.97, sizes  # (875 against 938 bytes when written)
+
+
+@pytest.mark.skipif(context_mix._cm_kernel is None, reason="needs the compiled kernel")
+def test_carried_frames_are_the_same_compiled_and_in_numpy() -> None:
+    data = log_text(24) + bytes(range(256)) + log_text(8, seed=3)
+    blobs = [
+        tinyzip.compress(data, model=small(compiled=c), frame_size=700, streams=s)
+        for s in (1, 3)
+        for c in (False, True)
+    ]
+    assert blobs[0] == blobs[1] and blobs[2] == blobs[3]
+    assert tinyzip.decompress(blobs[0]) == tinyzip.decompress(blobs[2]) == data
