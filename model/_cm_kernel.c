@@ -246,23 +246,29 @@ static PyObject *bad_state(void) {
 
 /* slot_check (_checked_slots in numpy): entry 0 of a slot (no counter uses it) holds a
  * 16-bit check of the context that owns the slot, 1..65536 (never a counter's value).
- * A context looks in its slot and in the slot's neighbour (slot ^ 1); when neither is its
- * own it takes the one whose first counter has seen fewer bits (the first on a tie; an
- * unclaimed slot has seen none), and resets its counters. Streams claim in row order. */
+ * Slots form sets of 4 (slot numbers 4k..4k+3). A context looks for its check in its own
+ * slot, then in the others of the set (slot + 1, + 2, + 3, wrapping in the set); when none
+ * holds it, it takes the slot whose first counter has seen the fewest bits (an unclaimed
+ * slot counts -1; the first in that order on a tie) and resets its counters. Streams
+ * claim in row order. */
 static inline int is_check(i64 v) { return v >= 1 && v <= 65536; }
 static i64 checked_slot(Kernel *k, i64 off, i64 slot, i64 chk) {
-    i64 *t = k->t, b = off + slot * 16, b2 = off + (slot ^ 1) * 16;
-    i64 tsize = k->prm[P_TABLESIZE];
+    i64 *t = k->t, set = off + (slot & ~(i64)3) * 16;
     /* outside the table: leave it to predict's index check (inconsistent state) */
-    if (b < 0 || b2 < 0 || b + 16 > tsize || b2 + 16 > tsize) return b;
-    if (t[b] == chk) return b;
-    if (is_check(t[b])) {
-        if (t[b2] == chk) return b2;
-        if ((t[b2 + 1] & N_MASK) < (t[b + 1] & N_MASK)) b = b2;
+    if (set < 0 || set + 64 > k->prm[P_TABLESIZE]) return off + slot * 16;
+    i64 best = -1, best_n = 0;
+    for (int w = 0; w < 4; w++) {
+        i64 c = set + ((slot + w) & 3) * 16;
+        if (t[c] == chk) return c;
     }
-    t[b] = chk;
-    for (int m = 1; m < 16; m++) t[b + m] = (i64)1 << (P_BITS - 1) << N_BITS;
-    return b;
+    for (int w = 0; w < 4; w++) {
+        i64 c = set + ((slot + w) & 3) * 16;
+        i64 n = is_check(t[c]) ? (t[c + 1] & N_MASK) : -1;
+        if (best < 0 || n < best_n) best = c, best_n = n;
+    }
+    t[best] = chk;
+    for (int m = 1; m < 16; m++) t[best + m] = (i64)1 << (P_BITS - 1) << N_BITS;
+    return best;
 }
 
 /* _nibble_slots for stream i: hi is 0 for the high nibble, 1 + the high nibble after. */
