@@ -18,6 +18,8 @@ import argparse
 import lzma
 from pathlib import Path
 
+from bench_cm_transformer import files_of
+
 import tinyzip
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -31,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     total = {"raw": 0, "tinyzip": 0, "xz": 0}
     for pair in args.pairs:
         name, _, model = pair.partition("=")
-        files = [p for p in sorted((args.corpus / name).rglob("*"))
-                 if p.is_file() and p.name != "SOURCE.txt" and p.stat().st_size]
+        files = [p for p in files_of([str(args.corpus / name)]) if p.stat().st_size]
         row = {"raw": 0, "tinyzip": 0, "xz": 0}
         for path in files:
             raw = path.read_bytes()

@@ -115,11 +115,12 @@ typedef struct {
     i64 *t, *c0, *c0n, *col, *field, *line, *pline, *above, *mtab, *mlen, *mptr;
     u64 *h8, *wordh, *pword, *ctxv, *tmpl;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
+    int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *recip_apm, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
     /* per-stream scratch of the match lookup and the indirect table's update (n <= b) */
-    i64 *cand, *key, *ikey, *ival;
+    i64 *key, *ikey, *ival;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
     /* The external input (P_NEXT = 1): tables (B, ext_k, 256) int64 (each entry in
@@ -134,7 +135,6 @@ static void Kernel_dealloc(Kernel *self) {
     for (int i = 0; i < N_ARRAYS; i++)
         if (self->held[i]) PyBuffer_Release(&self->buf[i]);
     if (self->ext_held) PyBuffer_Release(&self->ext);
-    PyMem_Free(self->cand);
     PyMem_Free(self->key);
     PyMem_Free(self->ikey);
     PyMem_Free(self->ival);
@@ -213,23 +213,25 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
     self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2); self->recip_apm = V(A_RECIPAPM);
 #undef V
-    for (i64 j = 0; j < nc; j++)
+    self->uses_ind2 = 0;
+    for (i64 j = 0; j < nc; j++) {
+        self->uses_ind2 |= self->kinds[j] == K_IND2;
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
         }
+    }
     for (i64 e = 0; e < ns - 2; e++)
         if (self->selkinds[e] < 0 || self->selkinds[e] > S_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown mixer selector");
             return -1;
         }
-    self->cand = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->cand || !self->key || !self->ikey || !self->ival || !self->scratch || !self->y) {
+    if (!self->key || !self->ikey || !self->ival || !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
     }
@@ -397,10 +399,11 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 ub = (u64)byte;
         u64 h8 = (k->h8[i] << 8) | ub;
         k->h8[i] = h8;
-        /* the indirect table: this byte follows the pair before it (written in pass 3) */
-        i64 ik = (i64)((h8 >> 8) & 0xFFFF);
-        k->ikey[i] = ik;
-        k->ival[i] = ((k->ind2[ik] << 8) | (i64)ub) & 0xFFFF;
+        if (k->uses_ind2) { /* this byte follows the pair before it (written in pass 3) */
+            i64 ik = (i64)((h8 >> 8) & 0xFFFF);
+            k->ikey[i] = ik;
+            k->ival[i] = ((k->ind2[ik] << 8) | (i64)ub) & 0xFFFF;
+        }
         int is_word = k->wordbyte[byte] != 0;
         u64 wordh = k->wordh[i];
         if (!is_word && wordh != 0) k->pword[i] = wordh;
@@ -461,7 +464,8 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
     }
     /* Pass 3: the indirect table from values read before the step; streams that share a
      * pair write in row order, so the highest row's value stays (as in numpy). */
-    for (i64 i = 0; i < n; i++) k->ind2[k->ikey[i]] = k->ival[i];
+    if (k->uses_ind2)
+        for (i64 i = 0; i < n; i++) k->ind2[k->ikey[i]] = k->ival[i];
     /* Record this position (np.maximum.at: the most recent, then the highest row). */
     if (nxt >= mmin)
         for (i64 i = 0; i < n; i++) {

@@ -295,6 +295,7 @@ class ContextMixPredictor(Predictor):
         self.compiled = bool(compiled)
         # Keep the canonical context order so descriptors compare equal.
         self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
+        self._uses_ind2 = "ind2" in self.contexts  # only then is the indirect table kept up
         self.mixer_contexts = tuple(m for m in MIXER_SELECTORS if m in sel)
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
@@ -583,7 +584,7 @@ class ContextMixPredictor(Predictor):
     def state_digest(self) -> str:
         """SHA-256 (hex) of every shared learned number: what golden tests pin."""
         digest = hashlib.sha256(self._t.astype("<i8").tobytes())
-        if "ind2" in self.contexts:  # (the table is all zeros, and not hashed, without it)
+        if self._uses_ind2:  # (without the context the table stays zero, and is not hashed)
             digest.update(self._ind2.astype("<i8").tobytes())
         return digest.hexdigest()
 
@@ -717,10 +718,11 @@ class ContextMixPredictor(Predictor):
         # The indirect table: this byte follows the pair before it. Values come from the
         # table as it was before the step; streams that share a pair leave the value of
         # the highest row (the C kernel writes in row order).
-        pair = (self._h8[:n] & _u64(0xFFFF)).astype(np.int64)
-        ival = ((self._ind2[pair] << 8) | byte) & 0xFFFF
-        last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
-        self._ind2[pair[last]] = ival[last]
+        if self._uses_ind2:
+            pair = (self._h8[:n] & _u64(0xFFFF)).astype(np.int64)
+            ival = ((self._ind2[pair] << 8) | byte) & 0xFFFF
+            last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
+            self._ind2[pair[last]] = ival[last]
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
 
         # Log structure: word hash, column, field index, line starts, the byte above.

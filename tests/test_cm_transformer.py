@@ -21,6 +21,7 @@ from tinyzip.model.config import ModelConfig
 from tinyzip.model.context_mix import PRESETS, ContextMixPredictor
 
 import tinyzip
+from tests.test_context_mix import BEFORE_2026_12
 from tests.test_engine import _tiny_checkpoint
 from tinyzip.errors import CorruptInputError, UsageError, WrongModelError
 
@@ -142,8 +143,7 @@ def test_archives_from_before_the_short_descriptor_still_decode(ckpt_path: Path,
     # the same data today, with the cm of then, is smaller by the repeated id (64 hex
     # digits and its key)
     if name.startswith("archive_cm"):
-        then = {"contexts": PRESETS["l3-2026-11"]["contexts"], "slot_check": False,
-                "counter_offset": 30, "apm_offset": 30, "carry_history": False}
+        then = {"contexts": PRESETS["l3-2026-11"]["contexts"], **BEFORE_2026_12}
         now = tinyzip.compress(LOG + bytes(range(256)), model=mixed(ckpt_path, **then),
                                streams=1, frame_size=400)
         assert len(blob) - len(now) == len(b',"model_id":""') + 64
