@@ -7,6 +7,7 @@ bytes already cross the receptive field the encoder's blocks re-read)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tinyzip.coder.container import read_file_header
 from tinyzip.model import context_mix
 from tinyzip.model.checkpoint import Checkpoint, load_checkpoint, random_tensors, save_checkpoint
 from tinyzip.model.cm_transformer import CmTransformerPredictor, from_descriptor
@@ -132,6 +134,16 @@ def test_archive_bytes_match_golden_hash(ckpt_path: Path) -> None:
     assert got == json.loads(GOLDEN.read_text())
 
 
+def test_version_2_archive_with_the_default_cm_still_decodes(ckpt_path: Path) -> None:
+    # written 2026-12-04 (format version 2): the descriptor is a code and the name hint
+    blob = (GOLDEN.parent / "with_checkpoint" / "archive_cm_transformer_v2.tzp").read_bytes()
+    header = read_file_header(io.BytesIO(blob))
+    assert header.version == 2 and header.model_id == load_checkpoint(ckpt_path).model_id
+    assert header.descriptor["cm"] == {"name": "cm", "preset": "l3-2026-12+external", "version": 1}
+    assert b"cm+transformer" not in blob and b"tiny-test" in blob
+    assert tinyzip.decompress(blob, model=str(ckpt_path)) == LOG + bytes(range(256))
+
+
 @pytest.mark.parametrize("name", ["archive_cm_transformer_v1.tzp", "archive_transformer_v1.tzp"])
 def test_archives_from_before_the_short_descriptor_still_decode(ckpt_path: Path, name: str
                                                                 ) -> None:
@@ -140,13 +152,14 @@ def test_archives_from_before_the_short_descriptor_still_decode(ckpt_path: Path,
     blob = (GOLDEN.parent / "with_checkpoint" / name).read_bytes()  # need tiny-test
     assert b'"model_id"' in blob
     assert tinyzip.decompress(blob, model=str(ckpt_path)) == LOG + bytes(range(256))
-    # the same data today, with the cm of then, is smaller by the repeated id (64 hex
-    # digits and its key)
+    # the same data today, with the cm of then, has the same descriptor but the repeated id
     if name.startswith("archive_cm"):
         then = {"contexts": PRESETS["l3-2026-11"]["contexts"], **BEFORE_2026_12}
         now = tinyzip.compress(LOG + bytes(range(256)), model=mixed(ckpt_path, **then),
                                streams=1, frame_size=400)
-        assert len(blob) - len(now) == len(b',"model_id":""') + 64
+        old_desc = read_file_header(io.BytesIO(blob)).descriptor
+        assert old_desc.pop("model_id") == load_checkpoint(ckpt_path).model_id_hex
+        assert read_file_header(io.BytesIO(now)).descriptor == old_desc
 
 
 def test_list_names_cm_and_the_checkpoint(ckpt_path: Path, tmp_path: Path, capsys) -> None:
