@@ -72,6 +72,8 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12+external", "version": 1}},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l1-2026-12+external", "version": 1}},
     {"name": "transformer"},
+    {"name": "cm", "preset": "l3-2026-12b", "version": 1},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12b+external", "version": 1}},
 )
 
 KIND_FRAME = 0x01

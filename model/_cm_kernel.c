@@ -55,7 +55,8 @@ typedef uint64_t u64;
  * (context_mix.py), 0..6 order-k, then the log-structure ones. */
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
-       K_IND2 = 18, K_MATCHBYTE = 19, K_LAST = K_MATCHBYTE };
+       K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21,
+       K_LAST = K_FIELDABOVE };
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
@@ -83,7 +84,7 @@ enum {
     A_ABASE, A_CTXV, A_EBIT, A_MIDX, A_WSEL, A_WSEL2, A_P12,
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
-    A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM,
+    A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -91,7 +92,7 @@ static const char *array_names[N_ARRAYS] = {
     "hist", "mtab", "mlen", "mptr", "mok", "idx", "val", "pcl", "x", "wbase", "blk",
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
-    "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm",
+    "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -113,7 +114,9 @@ typedef struct {
     i64 prm[N_PARAMS];
     /* typed views of buf[] */
     i64 *t, *c0, *c0n, *col, *field, *line, *pline, *above, *mtab, *mlen, *mptr;
-    u64 *h8, *wordh, *pword, *ctxv, *tmpl;
+    u64 *h8, *wordh, *pword, *ctxv, *tmpl, *ptmpl;
+    /* field starts (columns) of the current and the previous line, (b, MAX_FIELD + 1) */
+    i64 *cfields, *pfields;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
     uint8_t *hist, *mok, *wordbyte;
@@ -182,7 +185,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_WSEL] = b, [A_WSEL2] = b, [A_P12] = b, [A_STRETCH] = 4096, [A_SQUASH] = 4096,
         [A_RECIP] = 1 << N_BITS, [A_MBUCKET] = 65, [A_WORDBYTE] = 256, [A_LIM] = cw,
         [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
-        [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS,
+        [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS, [A_PTMPL] = b,
+        [A_CFIELDS] = b * (MAX_FIELD + 1), [A_PFIELDS] = b * (MAX_FIELD + 1),
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -212,6 +216,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->wordbyte = V(A_WORDBYTE); self->lim = V(A_LIM); self->ctxoff = V(A_CTXOFF);
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
     self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2); self->recip_apm = V(A_RECIPAPM);
+    self->ptmpl = V(A_PTMPL); self->cfields = V(A_CFIELDS); self->pfields = V(A_PFIELDS);
 #undef V
     self->uses_ind2 = 0;
     for (i64 j = 0; j < nc; j++) {
@@ -340,6 +345,22 @@ static void byte_contexts(Kernel *k, i64 i) {
         }
         case K_ABOVE2: v = ((u64)k->above[i] << 16) | (h8 & 0xFFFF); break;
         case K_TEMPLATE: v = (k->tmpl[i] + c1) * H3; break;
+        case K_PTEMPLATE: v = (k->ptmpl[i] * H1 + k->tmpl[i] + c1) * H3; break;
+        case K_FIELDABOVE: { /* the two bytes at this offset of this field, one line up */
+            i64 f = k->field[i], pf = k->pfields[i * (MAX_FIELD + 1) + f];
+            i64 ap = k->pline[i] + pf + k->col[i] - k->cfields[i * (MAX_FIELD + 1) + f];
+            i64 nxt = k->line[i] + k->col[i];
+            int rb = (int)k->prm[P_RINGBITS];
+            i64 rmask = ((i64)1 << rb) - 1;
+            u64 ab[2];
+            for (int m = 0; m < 2; m++) {
+                i64 a = ap + m;
+                int ok = pf >= 0 && a < k->line[i] && nxt - a <= rmask;
+                ab[m] = ok ? k->hist[(i << rb) + (a & rmask)] : 256;
+            }
+            v = ((((ab[0] << 9) | ab[1]) << 8) | c1) * H1 + (u64)f;
+            break;
+        }
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];
@@ -411,19 +432,27 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         /* The line's template: its bytes with every digit run as one marker. */
         u64 prev = (h8 >> 8) & 0xFF;
         int dig = byte >= '0' && byte <= '9', pdig = prev >= '0' && prev <= '9';
-        if (byte == 10)
+        if (byte == 10) {
+            k->ptmpl[i] = k->tmpl[i];
             k->tmpl[i] = 0;
+        }
         else if (!dig)
             k->tmpl[i] = (k->tmpl[i] + ub + 1) * H2;
         else if (!pdig)
             k->tmpl[i] = (k->tmpl[i] + TEMPLATE_DIGITS) * H2;
+        i64 *cf = k->cfields + i * (MAX_FIELD + 1), *pf = k->pfields + i * (MAX_FIELD + 1);
         if (byte == 10) {
             k->pline[i] = k->line[i];
             k->line[i] = pos + 1;
             k->col[i] = 0;
             k->field[i] = 0;
+            /* this line's field starts become the previous line's */
+            for (int m = 0; m <= MAX_FIELD; m++) pf[m] = cf[m], cf[m] = -1;
+            cf[0] = 0;
         } else {
             k->col[i] += 1;
+            /* a space opens the next field at the next column */
+            if (byte == 32 && k->field[i] < MAX_FIELD) cf[k->field[i] + 1] = k->col[i];
             i64 f = k->field[i] + (byte == 32);
             k->field[i] = f < MAX_FIELD ? f : MAX_FIELD;
         }

@@ -69,7 +69,7 @@ VERSION = 1
 CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
-    "matchbyte",
+    "matchbyte", "ptemplate", "fieldabove",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -80,10 +80,12 @@ LEVELS: dict[int, tuple[str, ...]] = {
     2: ("o0", "o1", "o2", "o3", "o4", "o6"),
     # (o5 gave way to template: loghub 0.3588 -> 0.3562 bpb; dropping o5 alone cost
     # nothing measurable, 0.3562 either way)
-    # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"])
+    # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate and
+    # fieldabove with PRESETS["l3-2026-12b"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
+        "ptemplate", "fieldabove",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -550,6 +552,12 @@ class ContextMixPredictor(Predictor):
         self._pline = np.zeros(b, dtype=np.int64)  # ... and the previous line
         self._above = np.full(b, 256, dtype=np.int64)  # 256: no byte above
         self._tmpl = np.zeros(b, dtype=np.uint64)  # hash of the line's template so far
+        self._ptmpl = np.zeros(b, dtype=np.uint64)  # ... and of the previous line's
+        # Where each field starts, as a column: in the current line, and in the previous
+        # one (-1: the line had no such field).
+        self._cfields = np.full((b, MAX_FIELD + 1), -1, dtype=np.int64)
+        self._cfields[:, 0] = 0
+        self._pfields = np.full((b, MAX_FIELD + 1), -1, dtype=np.int64)
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -572,6 +580,7 @@ class ContextMixPredictor(Predictor):
             # the kernel's context kinds are positions in CONTEXT_NAMES
             np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
             self._sel_off, self._sel_kinds, self._tmpl, self._ind2, self._recip_apm,
+            self._ptmpl, self._cfields, self._pfields,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -624,6 +633,13 @@ class ContextMixPredictor(Predictor):
             elif c == "ind2":  # the last two bytes and what followed them last time
                 c2 = h8 & _u64(0xFFFF)
                 v = (self._ind2[c2.astype(np.int64)].astype(np.uint64) << _u64(16)) | c2
+            elif c == "ptemplate":  # the previous line's template, this line's, the last byte
+                v = (self._ptmpl[:n] * _u64(_H1) + self._tmpl[:n] + c1) * _u64(_H3)
+            elif c == "fieldabove":  # the two bytes at this offset of this field one line up
+                ab, ab2 = self._field_above(n)
+                v = (((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1) + self._field[
+                    :n
+                ].astype(np.uint64)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -646,6 +662,23 @@ class ContextMixPredictor(Predictor):
         a2 = self._apm2_off + (c1.astype(np.int64) << 8) * APM_POINTS
         self._abase[:n, 2] = a2
         self._abase[:n, 3] = a2 + 1
+
+    def _field_above(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes (uint64, 256: none) at the next byte's offset within its field, and
+        the one after, in the same field of the previous line."""
+        rows = self._rows[:n]
+        f = self._field[:n]
+        pf = self._pfields[rows, f]
+        ap = self._pline[:n] + pf + self._col[:n] - self._cfields[rows, f]
+        nxt = self._line[:n] + self._col[:n]  # position of the next byte
+        ring_mask = self._ring - 1
+        base = rows << self._ring_bits
+        out = []
+        for a in (ap, ap + 1):
+            ok = (pf >= 0) & (a < self._line[:n]) & (nxt - a <= ring_mask)
+            byte = self._hist[base + (a & ring_mask)].astype(np.uint64)
+            out.append(np.where(ok, byte, _u64(256)))
+        return out[0], out[1]
 
     def _nibble_slots(self, n: int, hi: I64) -> None:
         """Choose each context's 16-counter slot for the next nibble of streams 0..n-1.
@@ -737,10 +770,22 @@ class ContextMixPredictor(Predictor):
         pdig = (prev >= _u64(48)) & (prev <= _u64(57))
         tmpl = self._tmpl[:n]
         grown = np.where(dig, tmpl + _u64(_TEMPLATE_DIGITS), tmpl + ub + _u64(1)) * _u64(_H2)
+        self._ptmpl[:n] = np.where(nl, tmpl, self._ptmpl[:n])
         self._tmpl[:n] = np.where(nl, _u64(0), np.where(dig & pdig, tmpl, grown))
         self._pline[:n] = np.where(nl, self._line[:n], self._pline[:n])
         self._line[:n] = np.where(nl, pos + 1, self._line[:n])
         self._col[:n] = np.where(nl, 0, self._col[:n] + 1)
+        # A space opens the next field (up to MAX_FIELD) at the next column; a newline
+        # makes this line's field starts the previous line's.
+        opens = (byte == 32) & (self._field[:n] < MAX_FIELD) & ~nl
+        if opens.any():
+            r = rows[opens]
+            self._cfields[r, self._field[:n][opens] + 1] = self._col[:n][opens]
+        if nl.any():
+            r = rows[nl]
+            self._pfields[r] = self._cfields[r]
+            self._cfields[r] = -1
+            self._cfields[r, 0] = 0
         self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), MAX_FIELD))
         ab_pos = self._pline[:n] + self._col[:n]
         # The byte above exists when the previous line is long enough and still in the ring.
@@ -1175,9 +1220,14 @@ PRESETS["l1-2026-11+external"] = {**PRESETS["l1-2026-11"], "external_input": Tru
 # bytes with the first three, 430,174 with the rates, 429,688 with 4-way slot sets:
 # -5.6%), and histories carried from frame to frame (files above one frame)
 PRESETS["l3-2026-12"] = {
-    **PRESETS["l3-2026-11"], "contexts": list(LEVELS[3]), "slot_check": True,
-    "counter_offset": 23, "apm_offset": 400, "carry_history": True,
+    **PRESETS["l3-2026-11"],
+    "contexts": PRESETS["l3-2026-11"]["contexts"] + ["ind2", "matchbyte"],
+    "slot_check": True, "counter_offset": 23, "apm_offset": 400, "carry_history": True,
 }  # fmt: skip
 PRESETS["l3-2026-12+external"] = {**PRESETS["l3-2026-12"], "external_input": True}
 PRESETS["l1-2026-12"] = {**PRESETS["l3-2026-12"], "contexts": list(LEVELS[1])}
 PRESETS["l1-2026-12+external"] = {**PRESETS["l1-2026-12"], "external_input": True}
+# the previous line's template and the byte above in the same field (the 256 KiB sample
+# above: 429,688 -> 426,344 bytes, -0.8%); level 1 has neither, so l1-2026-12 stays
+PRESETS["l3-2026-12b"] = {**PRESETS["l3-2026-12"], "contexts": list(LEVELS[3])}
+PRESETS["l3-2026-12b+external"] = {**PRESETS["l3-2026-12b"], "external_input": True}

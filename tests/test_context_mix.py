@@ -254,7 +254,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12b"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -264,6 +264,10 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     assert not old.slot_check and "ind2" not in old.contexts
     assert (old.counter_offset, old.apm_offset, old.carry_history) == (30, 30, False)
     assert old.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-11"}
+    # the default until l3-2026-12b: without the previous line's template and field above
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12"})
+    assert dec.contexts[-2:] == ("ind2", "matchbyte") and dec.slot_check
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -405,9 +409,14 @@ GOLDENS = {
         GOLDEN.with_name("context_mix_l3_2026_11.json"),
         {"contexts": context_mix.PRESETS["l3-2026-11"]["contexts"], **BEFORE_2026_12},
     ),
+    # the default of preset l3-2026-12 (with small tables)
+    "l3_2026_12": (
+        GOLDEN.with_name("context_mix_l3_2026_12.json"),
+        {"contexts": context_mix.PRESETS["l3-2026-12"]["contexts"]},
+    ),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
-FROZEN_GOLDENS = ("first_level3", "l3_2026_11")  # never regenerated
+FROZEN_GOLDENS = ("first_level3", "l3_2026_11", "l3_2026_12")  # never regenerated
 
 
 def _golden_cases(kw: dict[str, Any]) -> dict[str, str]:
