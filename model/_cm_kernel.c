@@ -55,9 +55,10 @@ typedef uint64_t u64;
  * (context_mix.py), 0..6 order-k, then the log-structure ones. */
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
-       K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21,
-       K_LAST = K_FIELDABOVE };
+       K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
+       K_LAST = K_TMPLABOVE };
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
+#define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -85,6 +86,7 @@ enum {
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
+    A_FTAB, A_TFS,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -93,6 +95,7 @@ static const char *array_names[N_ARRAYS] = {
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
+    "ftab", "tfs",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -117,13 +120,17 @@ typedef struct {
     u64 *h8, *wordh, *pword, *ctxv, *tmpl, *ptmpl;
     /* field starts (columns) of the current and the previous line, (b, MAX_FIELD + 1) */
     i64 *cfields, *pfields;
+    /* tmplabove: the field table, (pos + 1) << 16 | row of a field's start by the line's
+     * template up to it, and each stream's entry for its current field */
+    i64 *ftab, *tfs;
+    int uses_ftab;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *recip_apm, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
     /* per-stream scratch of the match lookup and the indirect table's update (n <= b) */
-    i64 *key, *ikey, *ival;
+    i64 *key, *ikey, *ival, *fkey;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
     /* The external input (P_NEXT = 1): tables (B, ext_k, 256) int64 (each entry in
@@ -141,6 +148,7 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->key);
     PyMem_Free(self->ikey);
     PyMem_Free(self->ival);
+    PyMem_Free(self->fkey);
     PyMem_Free(self->scratch);
     PyMem_Free(self->y);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -187,6 +195,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
         [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS, [A_PTMPL] = b,
         [A_CFIELDS] = b * (MAX_FIELD + 1), [A_PFIELDS] = b * (MAX_FIELD + 1),
+        [A_FTAB] = (i64)1 << FTAB_BITS, [A_TFS] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -217,10 +226,13 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
     self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2); self->recip_apm = V(A_RECIPAPM);
     self->ptmpl = V(A_PTMPL); self->cfields = V(A_CFIELDS); self->pfields = V(A_PFIELDS);
+    self->ftab = V(A_FTAB); self->tfs = V(A_TFS);
 #undef V
     self->uses_ind2 = 0;
+    self->uses_ftab = 0;
     for (i64 j = 0; j < nc; j++) {
         self->uses_ind2 |= self->kinds[j] == K_IND2;
+        self->uses_ftab |= self->kinds[j] == K_TMPLABOVE;
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
@@ -234,9 +246,10 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->scratch || !self->y) {
+    if (!self->key || !self->ikey || !self->ival || !self->fkey || !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
     }
@@ -361,6 +374,21 @@ static void byte_contexts(Kernel *k, i64 i) {
             v = ((((ab[0] << 9) | ab[1]) << 8) | c1) * H1 + (u64)f;
             break;
         }
+        case K_TMPLABOVE: { /* the same where this template's field began last time */
+            i64 cand = k->tfs[i], start = (cand >> 16) - 1;
+            i64 off = k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]];
+            i64 nxt = k->line[i] + k->col[i];
+            int rb = (int)k->prm[P_RINGBITS];
+            i64 rmask = ((i64)1 << rb) - 1, base = (cand & 0xFFFF) << rb;
+            u64 ab[2];
+            for (int m = 0; m < 2; m++) {
+                i64 a = start + off + m;
+                int ok = cand > 0 && a < nxt && nxt - a <= rmask;
+                ab[m] = ok ? k->hist[base + (a & rmask)] : 256;
+            }
+            v = (((((ab[0] << 9) | ab[1]) << 8) | c1) * H1 + k->tmpl[i]) * H3;
+            break;
+        }
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];
@@ -441,6 +469,14 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         else if (!pdig)
             k->tmpl[i] = (k->tmpl[i] + TEMPLATE_DIGITS) * H2;
         i64 *cf = k->cfields + i * (MAX_FIELD + 1), *pf = k->pfields + i * (MAX_FIELD + 1);
+        /* tmplabove: a field opens after a newline, or a space below the last field; its
+         * key is the template so far (read here, written in pass 4, as the match table) */
+        k->fkey[i] = -1;
+        if (k->uses_ftab && (byte == 10 || (byte == 32 && k->field[i] < MAX_FIELD))) {
+            u64 h = byte == 10 ? 0 : (k->tmpl[i] + (u64)k->field[i] + 1) * H2;
+            k->fkey[i] = (i64)(h >> (64 - FTAB_BITS));
+            k->tfs[i] = k->ftab[k->fkey[i]];
+        }
         if (byte == 10) {
             k->pline[i] = k->line[i];
             k->line[i] = pos + 1;
@@ -495,6 +531,13 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
      * pair write in row order, so the highest row's value stays (as in numpy). */
     if (k->uses_ind2)
         for (i64 i = 0; i < n; i++) k->ind2[k->ikey[i]] = k->ival[i];
+    /* Pass 4: the field table (as np.maximum.at: the most recent, then the highest row). */
+    if (k->uses_ftab)
+        for (i64 i = 0; i < n; i++)
+            if (k->fkey[i] >= 0) {
+                i64 v = ((pos + 2) << 16) | i;
+                if (v > k->ftab[k->fkey[i]]) k->ftab[k->fkey[i]] = v;
+            }
     /* Record this position (np.maximum.at: the most recent, then the highest row). */
     if (nxt >= mmin)
         for (i64 i = 0; i < n; i++) {

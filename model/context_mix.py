@@ -69,7 +69,7 @@ VERSION = 1
 CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
-    "matchbyte", "ptemplate", "fieldabove",
+    "matchbyte", "ptemplate", "fieldabove", "tmplabove",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -80,12 +80,12 @@ LEVELS: dict[int, tuple[str, ...]] = {
     2: ("o0", "o1", "o2", "o3", "o4", "o6"),
     # (o5 gave way to template: loghub 0.3588 -> 0.3562 bpb; dropping o5 alone cost
     # nothing measurable, 0.3562 either way)
-    # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate and
-    # fieldabove with PRESETS["l3-2026-12b"])
+    # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate,
+    # fieldabove and tmplabove with PRESETS["l3-2026-12b"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
-        "ptemplate", "fieldabove",
+        "ptemplate", "fieldabove", "tmplabove",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -219,6 +219,9 @@ def _shape(h8: U64, k: int) -> U64:
 
 APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
 IND2_SIZE = 1 << 16  # the indirect table: one entry per pair of bytes
+#: The field table (tmplabove): a line's template up to a field's start -> where that
+#: field started last time, as (position + 1) << 16 | row (0: never).
+FTAB_BITS = 18
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
 
 
@@ -298,6 +301,7 @@ class ContextMixPredictor(Predictor):
         # Keep the canonical context order so descriptors compare equal.
         self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
         self._uses_ind2 = "ind2" in self.contexts  # only then is the indirect table kept up
+        self._uses_ftab = "tmplabove" in self.contexts  # ... and the field table
         self.mixer_contexts = tuple(m for m in MIXER_SELECTORS if m in sel)
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
@@ -558,6 +562,10 @@ class ContextMixPredictor(Predictor):
         self._cfields = np.full((b, MAX_FIELD + 1), -1, dtype=np.int64)
         self._cfields[:, 0] = 0
         self._pfields = np.full((b, MAX_FIELD + 1), -1, dtype=np.int64)
+        # tmplabove: the field table (shared, like the match table) and, per stream, its
+        # entry for the current field (where the same template's field began last time)
+        self._ftab = np.zeros(1 << FTAB_BITS, dtype=np.int64)
+        self._tfs = np.zeros(b, dtype=np.int64)
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -580,7 +588,7 @@ class ContextMixPredictor(Predictor):
             # the kernel's context kinds are positions in CONTEXT_NAMES
             np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
             self._sel_off, self._sel_kinds, self._tmpl, self._ind2, self._recip_apm,
-            self._ptmpl, self._cfields, self._pfields,
+            self._ptmpl, self._cfields, self._pfields, self._ftab, self._tfs,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -640,6 +648,11 @@ class ContextMixPredictor(Predictor):
                 v = (((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1) + self._field[
                     :n
                 ].astype(np.uint64)
+            elif c == "tmplabove":  # the same, in the last line of the same template so far
+                ab, ab2 = self._template_above(n)
+                v = (((((ab << _u64(9)) | ab2) << _u64(8)) | c1) * _u64(_H1) + self._tmpl[:n]) * _u64(
+                    _H3
+                )
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -676,6 +689,24 @@ class ContextMixPredictor(Predictor):
         out = []
         for a in (ap, ap + 1):
             ok = (pf >= 0) & (a < self._line[:n]) & (nxt - a <= ring_mask)
+            byte = self._hist[base + (a & ring_mask)].astype(np.uint64)
+            out.append(np.where(ok, byte, _u64(256)))
+        return out[0], out[1]
+
+    def _template_above(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes (uint64, 256: none) at the next byte's offset within its field, and
+        the one after, in the field where the line's template up to this field was last
+        seen (by any stream: the field table names position and row)."""
+        rows = self._rows[:n]
+        cand = self._tfs[:n]
+        start = (cand >> 16) - 1
+        off = self._col[:n] - self._cfields[rows, self._field[:n]]
+        nxt = self._line[:n] + self._col[:n]
+        ring_mask = self._ring - 1
+        base = (cand & 0xFFFF) << self._ring_bits
+        out = []
+        for a in (start + off, start + off + 1):
+            ok = (cand > 0) & (a < nxt) & (nxt - a <= ring_mask)
             byte = self._hist[base + (a & ring_mask)].astype(np.uint64)
             out.append(np.where(ok, byte, _u64(256)))
         return out[0], out[1]
@@ -786,6 +817,18 @@ class ContextMixPredictor(Predictor):
             self._pfields[r] = self._cfields[r]
             self._cfields[r] = -1
             self._cfields[r, 0] = 0
+        if self._uses_ftab:
+            # A field opens (after a newline or a space): look up where the line's template
+            # so far last opened one, then record this one. All streams read before any
+            # writes, and the table keeps the maximum (the most recent, then the highest
+            # row): order-independent, like the match table.
+            ev = nl | opens
+            if ev.any():
+                field = self._field[:n][ev] + 1
+                key = np.where(nl[ev], _u64(0), (self._tmpl[:n][ev] + field.astype(np.uint64)) * _u64(_H2))
+                key = (key >> _u64(64 - FTAB_BITS)).astype(np.int64)
+                self._tfs[rows[ev]] = self._ftab[key]
+                np.maximum.at(self._ftab, key, ((pos + 2) << 16) | rows[ev])
         self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), MAX_FIELD))
         ab_pos = self._pline[:n] + self._col[:n]
         # The byte above exists when the previous line is long enough and still in the ring.
