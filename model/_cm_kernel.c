@@ -86,7 +86,7 @@ enum {
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
-    A_FTAB, A_TFS,
+    A_FTAB, A_TFS, A_TAB,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -95,12 +95,12 @@ static const char *array_names[N_ARRAYS] = {
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
-    "ftab", "tfs",
+    "ftab", "tfs", "tab",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
  * MIXER_SELECTORS (context_mix.py), with their numbers of values. */
-enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_LAST = S_MATCH };
+enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_TABOVE, S_LAST = S_TABOVE };
 
 /* Integer parameters, in the order of the second tuple. */
 enum {
@@ -122,7 +122,7 @@ typedef struct {
     i64 *cfields, *pfields;
     /* tmplabove: the field table, (pos + 1) << 16 | row of a field's start by the line's
      * template up to it, and each stream's entry for its current field */
-    i64 *ftab, *tfs;
+    i64 *ftab, *tfs, *tab; /* tab: the byte tmplabove predicts (256: none) */
     int uses_ftab;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
@@ -195,7 +195,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_CTXOFF] = nc, [A_KINDS] = nc, [A_SELOFF] = ns - 2, [A_SELKINDS] = ns - 2,
         [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS, [A_PTMPL] = b,
         [A_CFIELDS] = b * (MAX_FIELD + 1), [A_PFIELDS] = b * (MAX_FIELD + 1),
-        [A_FTAB] = (i64)1 << FTAB_BITS, [A_TFS] = b,
+        [A_FTAB] = (i64)1 << FTAB_BITS, [A_TFS] = b, [A_TAB] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -226,7 +226,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kinds = V(A_KINDS); self->seloff = V(A_SELOFF); self->selkinds = V(A_SELKINDS);
     self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2); self->recip_apm = V(A_RECIPAPM);
     self->ptmpl = V(A_PTMPL); self->cfields = V(A_CFIELDS); self->pfields = V(A_PFIELDS);
-    self->ftab = V(A_FTAB); self->tfs = V(A_TFS);
+    self->ftab = V(A_FTAB); self->tfs = V(A_TFS); self->tab = V(A_TAB);
 #undef V
     self->uses_ind2 = 0;
     self->uses_ftab = 0;
@@ -238,6 +238,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
             return -1;
         }
     }
+    for (i64 e = 0; e < ns - 2; e++)
+        self->uses_ftab |= self->selkinds[e] == S_TABOVE;
     for (i64 e = 0; e < ns - 2; e++)
         if (self->selkinds[e] < 0 || self->selkinds[e] > S_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown mixer selector");
@@ -327,6 +329,7 @@ static inline i64 selector(const Kernel *k, i64 i, i64 kind, int bit, int mok) {
     case S_SHAPE2: return BYTECLASS[h8 & 0xFF] * 8 + BYTECLASS[(h8 >> 8) & 0xFF];
     case S_BYTE2: return (i64)((h8 >> 8) & 0xFF);
     case S_ABOVE: return k->above[i];
+    case S_TABOVE: return k->tab[i];
     default: { /* S_MATCH: the length while the match holds (saturating), the expected bit */
         i64 ml = mok ? (k->mlen[i] < 31 ? k->mlen[i] : 31) : 0;
         return ml * 2 + k->ebit[i * 8 + bit];
@@ -339,6 +342,22 @@ static void byte_contexts(Kernel *k, i64 i) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI];
     u64 h8 = k->h8[i], c1 = h8 & 0xFF;
     u64 wordh = k->wordh[i];
+    /* tmplabove: the two bytes at the next byte's offset in the field where this line's
+     * template up to its field last began (a field table entry: position and row) */
+    u64 tab[2] = {256, 256};
+    if (k->uses_ftab) {
+        i64 cand = k->tfs[i], start = (cand >> 16) - 1;
+        i64 off = k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]];
+        i64 nxt = k->line[i] + k->col[i];
+        int rb = (int)k->prm[P_RINGBITS];
+        i64 rmask = ((i64)1 << rb) - 1, base = (cand & 0xFFFF) << rb;
+        for (int m = 0; m < 2; m++) {
+            i64 a = start + off + m;
+            int ok = cand > 0 && a < nxt && nxt - a <= rmask;
+            tab[m] = ok ? k->hist[base + (a & rmask)] : 256;
+        }
+        k->tab[i] = (i64)tab[0];
+    }
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -374,21 +393,9 @@ static void byte_contexts(Kernel *k, i64 i) {
             v = ((((ab[0] << 9) | ab[1]) << 8) | c1) * H1 + (u64)f;
             break;
         }
-        case K_TMPLABOVE: { /* the same where this template's field began last time */
-            i64 cand = k->tfs[i], start = (cand >> 16) - 1;
-            i64 off = k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]];
-            i64 nxt = k->line[i] + k->col[i];
-            int rb = (int)k->prm[P_RINGBITS];
-            i64 rmask = ((i64)1 << rb) - 1, base = (cand & 0xFFFF) << rb;
-            u64 ab[2];
-            for (int m = 0; m < 2; m++) {
-                i64 a = start + off + m;
-                int ok = cand > 0 && a < nxt && nxt - a <= rmask;
-                ab[m] = ok ? k->hist[base + (a & rmask)] : 256;
-            }
-            v = (((((ab[0] << 9) | ab[1]) << 8) | c1) * H1 + k->tmpl[i]) * H3;
+        case K_TMPLABOVE: /* the same where this template's field began last time */
+            v = (((((tab[0] << 9) | tab[1]) << 8) | c1) * H1 + k->tmpl[i]) * H3;
             break;
-        }
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];

@@ -32,7 +32,7 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 # Per-stream arrays whose values are part of the state (scratch buffers are not compared).
 STATE = (
     "_c0 _c0n _h8 _wordh _pword _col _field _line _pline _above _hist _mtab _mlen _mptr _mok"
-    " _tmpl _ptmpl _cfields _pfields _ftab _tfs"
+    " _tmpl _ptmpl _cfields _pfields _ftab _tfs _tab"
 ).split()
 
 
@@ -123,6 +123,14 @@ def test_kernel_matches_numpy_with_other_mixer_selectors(mixer_contexts: tuple[s
     # empty one is how archives made before the extra weight sets decode.
     a, b = pair(**SMALL, mixer_contexts=mixer_contexts)
     lockstep_compare(a, b, cut(loghub("Mac_2k.log", 2000, 2000), 5, seed=3))
+
+
+def test_kernel_matches_numpy_with_the_tabove_selector_alone() -> None:
+    # The field table kept up for the selector without the tmplabove context (level 2),
+    # beside the selector it replaces by default.
+    a, b = pair(**SMALL, level=2, mixer_contexts=("above", "tabove"))
+    assert a._uses_ftab and "tmplabove" not in a.contexts
+    lockstep_compare(a, b, cut(loghub("OpenStack_2k.log", 0, 3000), 7, seed=4))
 
 
 def test_kernel_matches_numpy_with_external_input() -> None:

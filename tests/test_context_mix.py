@@ -302,7 +302,9 @@ def test_descriptor_without_mixer_contexts_means_none() -> None:
     desc = old.descriptor()
     assert "mixer_contexts" not in desc["params"]
     assert from_descriptor(desc).mixer_contexts == ()
-    assert from_descriptor(small().descriptor()).mixer_contexts == context_mix.DEFAULT_MIXER_SELECTORS
+    # the defaults: tabove in above's place beside the tmplabove context, else the six
+    assert from_descriptor(small().descriptor()).mixer_contexts == context_mix.TEMPLATE_MIXER_SELECTORS
+    assert small(level=1).mixer_contexts == context_mix.DEFAULT_MIXER_SELECTORS
 
 
 def _bad(**changes: Any) -> dict[str, Any]:
