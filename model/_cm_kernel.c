@@ -56,9 +56,10 @@ typedef uint64_t u64;
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
-       K_LAST = K_TMPLABOVE };
+       K_TOKABOVE = 23, K_LAST = K_TOKABOVE };
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
+#define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -86,7 +87,7 @@ enum {
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
-    A_FTAB, A_TFS, A_TAB,
+    A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -95,7 +96,7 @@ static const char *array_names[N_ARRAYS] = {
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
-    "ftab", "tfs", "tab",
+    "ftab", "tfs", "tab", "ttab", "tks", "tkc",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -124,13 +125,16 @@ typedef struct {
      * template up to it, and each stream's entry for its current field */
     i64 *ftab, *tfs, *tab; /* tab: the byte tmplabove predicts (256: none) */
     int uses_ftab;
+    /* tokabove: the token table, each stream's current token start (column) and entry */
+    i64 *ttab, *tks, *tkc;
+    int uses_ttab;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *recip_apm, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
     /* per-stream scratch of the match lookup and the indirect table's update (n <= b) */
-    i64 *key, *ikey, *ival, *fkey;
+    i64 *key, *ikey, *ival, *fkey, *tkey;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
     /* The external input (P_NEXT = 1): tables (B, ext_k, 256) int64 (each entry in
@@ -149,6 +153,7 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->ikey);
     PyMem_Free(self->ival);
     PyMem_Free(self->fkey);
+    PyMem_Free(self->tkey);
     PyMem_Free(self->scratch);
     PyMem_Free(self->y);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -196,6 +201,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS, [A_PTMPL] = b,
         [A_CFIELDS] = b * (MAX_FIELD + 1), [A_PFIELDS] = b * (MAX_FIELD + 1),
         [A_FTAB] = (i64)1 << FTAB_BITS, [A_TFS] = b, [A_TAB] = b,
+        [A_TTAB] = (i64)1 << TTAB_BITS, [A_TKS] = b, [A_TKC] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -227,10 +233,13 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->tmpl = V(A_TMPL); self->ind2 = V(A_IND2); self->recip_apm = V(A_RECIPAPM);
     self->ptmpl = V(A_PTMPL); self->cfields = V(A_CFIELDS); self->pfields = V(A_PFIELDS);
     self->ftab = V(A_FTAB); self->tfs = V(A_TFS); self->tab = V(A_TAB);
+    self->ttab = V(A_TTAB); self->tks = V(A_TKS); self->tkc = V(A_TKC);
 #undef V
     self->uses_ind2 = 0;
     self->uses_ftab = 0;
+    self->uses_ttab = 0;
     for (i64 j = 0; j < nc; j++) {
+        self->uses_ttab |= self->kinds[j] == K_TOKABOVE;
         self->uses_ind2 |= self->kinds[j] == K_IND2;
         self->uses_ftab |= self->kinds[j] == K_TMPLABOVE;
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
@@ -249,9 +258,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->tkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->fkey || !self->scratch || !self->y) {
+    if (!self->key || !self->ikey || !self->ival || !self->fkey || !self->tkey || !self->scratch ||
+        !self->y) {
         PyErr_NoMemory();
         return -1;
     }
@@ -338,26 +349,32 @@ static inline i64 selector(const Kernel *k, i64 i, i64 kind, int bit, int mok) {
 }
 
 /* _byte_contexts for stream i. */
+/* The bytes (256: none) off and off + 1 after the start a field or token table entry
+ * cand names ((position + 1) << 16 | row, 0: none), where already coded and still in
+ * the row's ring (_bytes_at in numpy). */
+static void bytes_at(const Kernel *k, i64 i, i64 cand, i64 off, u64 out[2]) {
+    i64 start = (cand >> 16) - 1, nxt = k->line[i] + k->col[i];
+    int rb = (int)k->prm[P_RINGBITS];
+    i64 rmask = ((i64)1 << rb) - 1, base = (cand & 0xFFFF) << rb;
+    for (int m = 0; m < 2; m++) {
+        i64 a = start + off + m;
+        int ok = cand > 0 && a < nxt && nxt - a <= rmask;
+        out[m] = ok ? k->hist[base + (a & rmask)] : 256;
+    }
+}
+
 static void byte_contexts(Kernel *k, i64 i) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI];
     u64 h8 = k->h8[i], c1 = h8 & 0xFF;
     u64 wordh = k->wordh[i];
     /* tmplabove: the two bytes at the next byte's offset in the field where this line's
      * template up to its field last began (a field table entry: position and row) */
-    u64 tab[2] = {256, 256};
+    u64 tab[2] = {256, 256}, tok[2] = {256, 256};
     if (k->uses_ftab) {
-        i64 cand = k->tfs[i], start = (cand >> 16) - 1;
-        i64 off = k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]];
-        i64 nxt = k->line[i] + k->col[i];
-        int rb = (int)k->prm[P_RINGBITS];
-        i64 rmask = ((i64)1 << rb) - 1, base = (cand & 0xFFFF) << rb;
-        for (int m = 0; m < 2; m++) {
-            i64 a = start + off + m;
-            int ok = cand > 0 && a < nxt && nxt - a <= rmask;
-            tab[m] = ok ? k->hist[base + (a & rmask)] : 256;
-        }
+        bytes_at(k, i, k->tfs[i], k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]], tab);
         k->tab[i] = (i64)tab[0];
     }
+    if (k->uses_ttab) bytes_at(k, i, k->tkc[i], k->col[i] - k->tks[i], tok);
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -396,6 +413,11 @@ static void byte_contexts(Kernel *k, i64 i) {
         case K_TMPLABOVE: /* the same where this template's field began last time */
             v = (((((tab[0] << 9) | tab[1]) << 8) | c1) * H1 + k->tmpl[i]) * H3;
             break;
+        case K_TOKABOVE: { /* the same for the token, with its offset (saturating) */
+            i64 off = k->col[i] - k->tks[i];
+            v = (((((tok[0] << 9) | tok[1]) << 8) | c1) * H1 + (u64)(off < 15 ? off : 15)) * H2;
+            break;
+        }
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];
@@ -475,6 +497,16 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
             k->tmpl[i] = (k->tmpl[i] + ub + 1) * H2;
         else if (!pdig)
             k->tmpl[i] = (k->tmpl[i] + TEMPLATE_DIGITS) * H2;
+        /* tokabove: a token opens after every byte that is not an ASCII letter or digit;
+         * keyed by the template so far alone (read here, written in pass 4) */
+        k->tkey[i] = -1;
+        if (k->uses_ttab && !((byte >= '0' && byte <= '9') || (byte >= 'A' && byte <= 'Z') ||
+                              (byte >= 'a' && byte <= 'z'))) {
+            u64 h = byte == 10 ? 0 : k->tmpl[i] * H2;
+            k->tkey[i] = (i64)(h >> (64 - TTAB_BITS));
+            k->tkc[i] = k->ttab[k->tkey[i]];
+            k->tks[i] = byte == 10 ? 0 : k->col[i] + 1; /* the next column (col moves below) */
+        }
         i64 *cf = k->cfields + i * (MAX_FIELD + 1), *pf = k->pfields + i * (MAX_FIELD + 1);
         /* tmplabove: a field opens after a newline, or a space below the last field; its
          * key is the template so far (read here, written in pass 4, as the match table) */
@@ -544,6 +576,12 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
             if (k->fkey[i] >= 0) {
                 i64 v = ((pos + 2) << 16) | i;
                 if (v > k->ftab[k->fkey[i]]) k->ftab[k->fkey[i]] = v;
+            }
+    if (k->uses_ttab)
+        for (i64 i = 0; i < n; i++)
+            if (k->tkey[i] >= 0) {
+                i64 v = ((pos + 2) << 16) | i;
+                if (v > k->ttab[k->tkey[i]]) k->ttab[k->tkey[i]] = v;
             }
     /* Record this position (np.maximum.at: the most recent, then the highest row). */
     if (nxt >= mmin)

@@ -69,7 +69,7 @@ VERSION = 1
 CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
-    "matchbyte", "ptemplate", "fieldabove", "tmplabove",
+    "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -81,11 +81,11 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # (o5 gave way to template: loghub 0.3588 -> 0.3562 bpb; dropping o5 alone cost
     # nothing measurable, 0.3562 either way)
     # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate,
-    # fieldabove and tmplabove with PRESETS["l3-2026-12b"])
+    # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
-        "ptemplate", "fieldabove", "tmplabove",
+        "ptemplate", "fieldabove", "tmplabove", "tokabove",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -227,6 +227,11 @@ IND2_SIZE = 1 << 16  # the indirect table: one entry per pair of bytes
 #: The field table (tmplabove): a line's template up to a field's start -> where that
 #: field started last time, as (position + 1) << 16 | row (0: never).
 FTAB_BITS = 18
+#: The token table (tokabove): the same for tokens, which start after every byte that is
+#: not an ASCII letter or digit (values in key=value pairs, paths, bracketed fields).
+TTAB_BITS = 18
+ALNUM = np.zeros(256, dtype=bool)
+ALNUM[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] = True
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
 
 
@@ -313,6 +318,7 @@ class ContextMixPredictor(Predictor):
         self.mixer_contexts = tuple(m for m in MIXER_SELECTORS if m in sel)
         # ... and the field table (for the tmplabove context or the tabove selector)
         self._uses_ftab = "tmplabove" in self.contexts or "tabove" in self.mixer_contexts
+        self._uses_ttab = "tokabove" in self.contexts  # ... and the token table
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
@@ -577,6 +583,11 @@ class ContextMixPredictor(Predictor):
         self._ftab = np.zeros(1 << FTAB_BITS, dtype=np.int64)
         self._tfs = np.zeros(b, dtype=np.int64)
         self._tab = np.full(b, 256, dtype=np.int64)  # the byte it predicts (256: none)
+        # tokabove: the token table, and per stream the column where the current token
+        # starts and its entry (where a token began after the same template last time)
+        self._ttab = np.zeros(1 << TTAB_BITS, dtype=np.int64)
+        self._tks = np.zeros(b, dtype=np.int64)
+        self._tkc = np.zeros(b, dtype=np.int64)
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -600,6 +611,7 @@ class ContextMixPredictor(Predictor):
             np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
             self._sel_off, self._sel_kinds, self._tmpl, self._ind2, self._recip_apm,
             self._ptmpl, self._cfields, self._pfields, self._ftab, self._tfs, self._tab,
+            self._ttab, self._tks, self._tkc,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -667,6 +679,11 @@ class ContextMixPredictor(Predictor):
                 v = (((((ab << _u64(9)) | ab2) << _u64(8)) | c1) * _u64(_H1) + self._tmpl[:n]) * _u64(
                     _H3
                 )
+            elif c == "tokabove":  # the bytes at this offset of the token after the same
+                # template last time, the offset (saturating at 15) and the last byte
+                ab, ab2 = self._token_above(n)
+                off = np.minimum(self._col[:n] - self._tks[:n], 15).astype(np.uint64)
+                v = ((((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1) + off) * _u64(_H2)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -712,9 +729,18 @@ class ContextMixPredictor(Predictor):
         the one after, in the field where the line's template up to this field was last
         seen (by any stream: the field table names position and row)."""
         rows = self._rows[:n]
-        cand = self._tfs[:n]
-        start = (cand >> 16) - 1
         off = self._col[:n] - self._cfields[rows, self._field[:n]]
+        return self._bytes_at(n, self._tfs[:n], off)
+
+    def _token_above(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same for the current token, from the token table's entry."""
+        return self._bytes_at(n, self._tkc[:n], self._col[:n] - self._tks[:n])
+
+    def _bytes_at(self, n: int, cand: I64, off: I64) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes (uint64, 256: none) ``off`` and ``off + 1`` after the start a table
+        entry ``cand`` names (``(position + 1) << 16 | row``, 0: none), where they are
+        already coded and still in the row's ring."""
+        start = (cand >> 16) - 1
         nxt = self._line[:n] + self._col[:n]
         ring_mask = self._ring - 1
         base = (cand & 0xFFFF) << self._ring_bits
@@ -843,6 +869,16 @@ class ContextMixPredictor(Predictor):
                 key = (key >> _u64(64 - FTAB_BITS)).astype(np.int64)
                 self._tfs[rows[ev]] = self._ftab[key]
                 np.maximum.at(self._ftab, key, ((pos + 2) << 16) | rows[ev])
+        if self._uses_ttab:
+            # A token opens after every byte that is not a letter or digit: the same, in
+            # the token table, keyed by the template so far alone.
+            ev = ~ALNUM[byte]
+            if ev.any():
+                key = np.where(nl[ev], _u64(0), self._tmpl[:n][ev] * _u64(_H2))
+                key = (key >> _u64(64 - TTAB_BITS)).astype(np.int64)
+                self._tkc[rows[ev]] = self._ttab[key]
+                np.maximum.at(self._ttab, key, ((pos + 2) << 16) | rows[ev])
+                self._tks[rows[ev]] = self._col[:n][ev]
         self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), MAX_FIELD))
         ab_pos = self._pline[:n] + self._col[:n]
         # The byte above exists when the previous line is long enough and still in the ring.
