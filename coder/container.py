@@ -20,7 +20,7 @@ unsigned LEB128 of at most 5 bytes, 10 for original_size)::
 Version 1 (still read) had fixed-width fields: model_id(32) frame_size(u32)
 original_size(u64) descriptor_len(u16) JSON in the header, raw_len(u32) n_chunks(u16)
 table_len(u32) in frames, n_frames(u32) total_raw(u64) in the end record. Version 2
-cut a file's fixed cost from about 230 to about 100 bytes with the default model
+cut a file's fixed cost from about 230 to about 105 bytes with the default model
 (docs/format.md): a built-in model's id is the hash of its descriptor, so it is not
 stored, and a common descriptor is a one-byte code.
 """
@@ -58,9 +58,6 @@ _END_V1 = struct.Struct("<BIQ")
 #: Largest encoding of one chunk-table entry: mode, three 5-byte varints, CRC32.
 _MAX_ENTRY = 1 + 3 * 5 + 4
 _CRC = struct.Struct("<I")
-#: Bytes a version 2 file header can take before its descriptor: frame_size (5),
-#: original_size (10), model_id (1 + 32), descriptor code and length (5 + 5).
-_MAX_HEAD_V2 = 5 + 10 + 33 + 10
 
 #: Descriptors a version 2 header names by a code (the index + 1) instead of spelling
 #: them out, each optionally with the ``name_hint`` of its checkpoint. Append only: a
@@ -130,10 +127,12 @@ def canonical_json(descriptor: dict[str, Any]) -> bytes:
 
 
 def _descriptor_bytes(descriptor: dict[str, Any], desc: bytes) -> bytes:
+    """A known descriptor's code and hint (an absent hint is written as an empty one, so
+    an empty or non-string hint needs the spelled-out form), else code 0 and the JSON."""
     hint = descriptor.get("name_hint")
     rest = {k: v for k, v in descriptor.items() if k != "name_hint"}
-    if hint is None or (isinstance(hint, str) and hint):
-        hint_bytes = b"" if hint is None else hint.encode()
+    if "name_hint" not in descriptor or (isinstance(hint, str) and hint):
+        hint_bytes = hint.encode() if isinstance(hint, str) else b""
         for code, known in enumerate(KNOWN_DESCRIPTORS, 1):
             if rest == known and len(hint_bytes) <= MAX_DESCRIPTOR:
                 return _varint(code) + _varint(len(hint_bytes)) + hint_bytes

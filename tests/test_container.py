@@ -41,6 +41,12 @@ descriptors = st.one_of(
         st.sampled_from(KNOWN_DESCRIPTORS),
         st.none() | st.text(max_size=30),
     ),
+    # known descriptors with hints that only the spelled-out form can carry
+    st.builds(
+        lambda known, hint: {**known, "name_hint": hint},
+        st.sampled_from(KNOWN_DESCRIPTORS),
+        st.sampled_from([None, "", 7, ["x"]]),
+    ),
 )
 
 
