@@ -671,14 +671,12 @@ class ContextMixPredictor(Predictor):
                 v = (self._ptmpl[:n] * _u64(_H1) + self._tmpl[:n] + c1) * _u64(_H3)
             elif c == "fieldabove":  # the two bytes at this offset of this field one line up
                 ab, ab2 = self._field_above(n)
-                v = (((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1) + self._field[
-                    :n
-                ].astype(np.uint64)
+                f = self._field[:n].astype(np.uint64)
+                v = (((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1) + f
             elif c == "tmplabove":  # the same, in the last line of the same template so far
                 ab, ab2 = tab
-                v = (((((ab << _u64(9)) | ab2) << _u64(8)) | c1) * _u64(_H1) + self._tmpl[:n]) * _u64(
-                    _H3
-                )
+                h = (((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1)
+                v = (h + self._tmpl[:n]) * _u64(_H3)
             elif c == "tokabove":  # the bytes at this offset of the token after the same
                 # template last time, the offset (saturating at 15) and the last byte
                 ab, ab2 = self._token_above(n)
