@@ -219,7 +219,8 @@ def test_compiled_decoder_survives_damaged_payloads(tmp_path: Path) -> None:
     from tinyzip.errors import CorruptInputError
 
     ckpt, grid, lengths = _frame("small_like", tmp_path, np.uint8)
-    payloads = TransformerPredictor(ckpt).encode_frame(grid, lengths)
+    # (compiled=True: the whole-frame path this pins, also under TINYZIP_PURE_NUMPY=1)
+    payloads = TransformerPredictor(ckpt, compiled=True).encode_frame(grid, lengths)
     assert payloads is not None
     rng = np.random.default_rng(0)
     damaged = [bytes(rng.integers(0, 256, size=len(p), dtype=np.uint8)) for p in payloads]
@@ -305,7 +306,8 @@ def test_golden_hashes_of_20_bit_tables_and_their_archive(tmp_path: Path) -> Non
             digests.add(te._tables_hash(te._step_tables(engine, tokens)))
     assert len(digests) == 1
     _, grid, lengths = _frame("bpe4096_fb20", tmp_path, np.uint16)
-    payloads = TransformerPredictor(ckpt).encode_frame(grid, lengths)
+    # (compiled=True: the whole-frame path this pins, also under TINYZIP_PURE_NUMPY=1)
+    payloads = TransformerPredictor(ckpt, compiled=True).encode_frame(grid, lengths)
     lockstep = FrameEncoder(TransformerPredictor(ckpt, compiled=False))._lockstep_payloads(
         grid, active_counts(lengths, 0, grid.shape[1]), lengths, None)
     assert payloads == lockstep
