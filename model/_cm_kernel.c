@@ -247,13 +247,13 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
             return -1;
         }
     }
-    for (i64 e = 0; e < ns - 2; e++)
+    for (i64 e = 0; e < ns - 2; e++) {
         self->uses_ftab |= self->selkinds[e] == S_TABOVE;
-    for (i64 e = 0; e < ns - 2; e++)
         if (self->selkinds[e] < 0 || self->selkinds[e] > S_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown mixer selector");
             return -1;
         }
+    }
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
@@ -349,18 +349,24 @@ static inline i64 selector(const Kernel *k, i64 i, i64 kind, int bit, int mok) {
 }
 
 /* _byte_contexts for stream i. */
-/* The bytes (256: none) off and off + 1 after the start a field or token table entry
- * cand names ((position + 1) << 16 | row, 0: none), where already coded and still in
- * the row's ring (_bytes_at in numpy). */
-static void bytes_at(const Kernel *k, i64 i, i64 cand, i64 off, u64 out[2]) {
-    i64 start = (cand >> 16) - 1, nxt = k->line[i] + k->col[i];
+/* The bytes (256: none) at start + off and the one after in row's ring, for stream i,
+ * where valid, before position limit and still in the ring (_bytes_at in numpy). */
+static void bytes_at(const Kernel *k, i64 i, i64 start, i64 row, int valid, i64 off, i64 limit,
+                     u64 out[2]) {
+    i64 nxt = k->line[i] + k->col[i];
     int rb = (int)k->prm[P_RINGBITS];
-    i64 rmask = ((i64)1 << rb) - 1, base = (cand & 0xFFFF) << rb;
+    i64 rmask = ((i64)1 << rb) - 1, base = row << rb;
     for (int m = 0; m < 2; m++) {
         i64 a = start + off + m;
-        int ok = cand > 0 && a < nxt && nxt - a <= rmask;
+        int ok = valid && a < limit && nxt - a <= rmask;
         out[m] = ok ? k->hist[base + (a & rmask)] : 256;
     }
+}
+
+/* The same after the start a field or token table entry names ((position + 1) << 16 |
+ * row, 0: none), in any row, up to the byte coded last (_entry_bytes). */
+static void entry_bytes(const Kernel *k, i64 i, i64 cand, i64 off, u64 out[2]) {
+    bytes_at(k, i, (cand >> 16) - 1, cand & 0xFFFF, cand > 0, off, k->line[i] + k->col[i], out);
 }
 
 static void byte_contexts(Kernel *k, i64 i) {
@@ -370,11 +376,12 @@ static void byte_contexts(Kernel *k, i64 i) {
     /* tmplabove: the two bytes at the next byte's offset in the field where this line's
      * template up to its field last began (a field table entry: position and row) */
     u64 tab[2] = {256, 256}, tok[2] = {256, 256};
+    i64 foff = k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]]; /* offset in field */
     if (k->uses_ftab) {
-        bytes_at(k, i, k->tfs[i], k->col[i] - k->cfields[i * (MAX_FIELD + 1) + k->field[i]], tab);
+        entry_bytes(k, i, k->tfs[i], foff, tab);
         k->tab[i] = (i64)tab[0];
     }
-    if (k->uses_ttab) bytes_at(k, i, k->tkc[i], k->col[i] - k->tks[i], tok);
+    if (k->uses_ttab) entry_bytes(k, i, k->tkc[i], k->col[i] - k->tks[i], tok);
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -397,16 +404,8 @@ static void byte_contexts(Kernel *k, i64 i) {
         case K_PTEMPLATE: v = (k->ptmpl[i] * H1 + k->tmpl[i] + c1) * H3; break;
         case K_FIELDABOVE: { /* the two bytes at this offset of this field, one line up */
             i64 f = k->field[i], pf = k->pfields[i * (MAX_FIELD + 1) + f];
-            i64 ap = k->pline[i] + pf + k->col[i] - k->cfields[i * (MAX_FIELD + 1) + f];
-            i64 nxt = k->line[i] + k->col[i];
-            int rb = (int)k->prm[P_RINGBITS];
-            i64 rmask = ((i64)1 << rb) - 1;
             u64 ab[2];
-            for (int m = 0; m < 2; m++) {
-                i64 a = ap + m;
-                int ok = pf >= 0 && a < k->line[i] && nxt - a <= rmask;
-                ab[m] = ok ? k->hist[(i << rb) + (a & rmask)] : 256;
-            }
+            bytes_at(k, i, k->pline[i] + pf, i, pf >= 0, foff, k->line[i], ab);
             v = ((((ab[0] << 9) | ab[1]) << 8) | c1) * H1 + (u64)f;
             break;
         }
@@ -459,6 +458,16 @@ static void byte_contexts(Kernel *k, i64 i) {
         if (wb >= 0 && wb + ni <= k->prm[P_TABLESIZE])
             for (i64 m = 0; m < ni; m += 8) __builtin_prefetch(k->t + wb + m);
     }
+}
+
+/* table[keys[i]] = max(itself, (at + 1) << 16 | i) for the streams with a key (>= 0), as
+ * np.maximum.at: the most recent position, then the highest row, whatever the order. */
+static void keep_latest(i64 *table, const i64 *keys, i64 n, i64 at) {
+    for (i64 i = 0; i < n; i++)
+        if (keys[i] >= 0) {
+            i64 v = ((at + 1) << 16) | i;
+            if (v > table[keys[i]]) table[keys[i]] = v;
+        }
 }
 
 /* _end_byte for streams 0..n-1, at byte position pos. */
@@ -570,25 +579,11 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
      * pair write in row order, so the highest row's value stays (as in numpy). */
     if (k->uses_ind2)
         for (i64 i = 0; i < n; i++) k->ind2[k->ikey[i]] = k->ival[i];
-    /* Pass 4: the field table (as np.maximum.at: the most recent, then the highest row). */
-    if (k->uses_ftab)
-        for (i64 i = 0; i < n; i++)
-            if (k->fkey[i] >= 0) {
-                i64 v = ((pos + 2) << 16) | i;
-                if (v > k->ftab[k->fkey[i]]) k->ftab[k->fkey[i]] = v;
-            }
-    if (k->uses_ttab)
-        for (i64 i = 0; i < n; i++)
-            if (k->tkey[i] >= 0) {
-                i64 v = ((pos + 2) << 16) | i;
-                if (v > k->ttab[k->tkey[i]]) k->ttab[k->tkey[i]] = v;
-            }
-    /* Record this position (np.maximum.at: the most recent, then the highest row). */
-    if (nxt >= mmin)
-        for (i64 i = 0; i < n; i++) {
-            i64 v = ((nxt + 1) << 16) | i;
-            if (v > k->mtab[k->key[i]]) k->mtab[k->key[i]] = v;
-        }
+    /* Pass 4: the field and token tables, then the match table record position pos + 1
+     * where their keys say (all were read above). */
+    if (k->uses_ftab) keep_latest(k->ftab, k->fkey, n, nxt);
+    if (k->uses_ttab) keep_latest(k->ttab, k->tkey, n, nxt);
+    if (nxt >= mmin) keep_latest(k->mtab, k->key, n, nxt);
 }
 
 /* ----------------------------------------------------------------------- lockstep */

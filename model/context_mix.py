@@ -705,49 +705,58 @@ class ContextMixPredictor(Predictor):
         self._abase[:n, 2] = a2
         self._abase[:n, 3] = a2 + 1
 
+    def _field_offset(self, n: int) -> I64:
+        """The next byte's offset within its field (streams 0..n-1)."""
+        return self._col[:n] - self._cfields[self._rows[:n], self._field[:n]]
+
     def _field_above(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The bytes (uint64, 256: none) at the next byte's offset within its field, and
-        the one after, in the same field of the previous line."""
+        """The bytes at the next byte's offset within its field, and the one after, in the
+        same field of the previous line (see _bytes_at)."""
         rows = self._rows[:n]
-        f = self._field[:n]
-        pf = self._pfields[rows, f]
-        ap = self._pline[:n] + pf + self._col[:n] - self._cfields[rows, f]
-        nxt = self._line[:n] + self._col[:n]  # position of the next byte
-        ring_mask = self._ring - 1
-        base = rows << self._ring_bits
-        out = []
-        for a in (ap, ap + 1):
-            ok = (pf >= 0) & (a < self._line[:n]) & (nxt - a <= ring_mask)
-            byte = self._hist[base + (a & ring_mask)].astype(np.uint64)
-            out.append(np.where(ok, byte, _u64(256)))
-        return out[0], out[1]
+        pf = self._pfields[rows, self._field[:n]]
+        return self._bytes_at(
+            n, self._pline[:n] + pf, rows, pf >= 0, self._field_offset(n), self._line[:n]
+        )
+
+    def _entry_bytes(self, n: int, cand: I64, off: I64) -> tuple[np.ndarray, np.ndarray]:
+        """The same after the start a field or token table entry names (``(position + 1)
+        << 16 | row``, 0: none), in any row, up to the byte coded last."""
+        nxt = self._line[:n] + self._col[:n]
+        return self._bytes_at(n, (cand >> 16) - 1, cand & 0xFFFF, cand > 0, off, nxt)
 
     def _template_above(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The bytes (uint64, 256: none) at the next byte's offset within its field, and
-        the one after, in the field where the line's template up to this field was last
-        seen (by any stream: the field table names position and row)."""
-        rows = self._rows[:n]
-        off = self._col[:n] - self._cfields[rows, self._field[:n]]
-        return self._bytes_at(n, self._tfs[:n], off)
+        """The same in the field where the line's template up to this field was last seen."""
+        return self._entry_bytes(n, self._tfs[:n], self._field_offset(n))
 
     def _token_above(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The same for the current token, from the token table's entry."""
-        return self._bytes_at(n, self._tkc[:n], self._col[:n] - self._tks[:n])
+        return self._entry_bytes(n, self._tkc[:n], self._col[:n] - self._tks[:n])
 
-    def _bytes_at(self, n: int, cand: I64, off: I64) -> tuple[np.ndarray, np.ndarray]:
-        """The bytes (uint64, 256: none) ``off`` and ``off + 1`` after the start a table
-        entry ``cand`` names (``(position + 1) << 16 | row``, 0: none), where they are
-        already coded and still in the row's ring."""
-        start = (cand >> 16) - 1
-        nxt = self._line[:n] + self._col[:n]
+    def _bytes_at(
+        self, n: int, start: I64, row: I64, valid: np.ndarray, off: I64, limit: I64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The bytes (uint64, 256: none) at ``start + off`` and the one after in ``row``'s
+        ring, where ``valid``, before position ``limit`` and still in the ring."""
+        nxt = self._line[:n] + self._col[:n]  # position of the next byte
         ring_mask = self._ring - 1
-        base = (cand & 0xFFFF) << self._ring_bits
+        base = row << self._ring_bits
         out = []
         for a in (start + off, start + off + 1):
-            ok = (cand > 0) & (a < nxt) & (nxt - a <= ring_mask)
+            ok = valid & (a < limit) & (nxt - a <= ring_mask)
             byte = self._hist[base + (a & ring_mask)].astype(np.uint64)
             out.append(np.where(ok, byte, _u64(256)))
         return out[0], out[1]
+
+    @staticmethod
+    def _open_start(table: I64, bits: int, h: U64, rows: I64, pos: int) -> I64:
+        """Where a field or token keyed by hash ``h`` last opened (the table's entries),
+        then record these openings at position pos + 1. Every stream reads before any
+        writes, and the table keeps the maximum (the most recent, then the highest row):
+        order-independent, like the match table."""
+        key = (h >> _u64(64 - bits)).astype(np.int64)
+        found = table[key]
+        np.maximum.at(table, key, ((pos + 2) << 16) | rows)
+        return found
 
     def _nibble_slots(self, n: int, hi: I64) -> None:
         """Choose each context's 16-counter slot for the next nibble of streams 0..n-1.
@@ -856,26 +865,20 @@ class ContextMixPredictor(Predictor):
             self._cfields[r] = -1
             self._cfields[r, 0] = 0
         if self._uses_ftab:
-            # A field opens (after a newline or a space): look up where the line's template
-            # so far last opened one, then record this one. All streams read before any
-            # writes, and the table keeps the maximum (the most recent, then the highest
-            # row): order-independent, like the match table.
+            # A field opens after a newline or a space: where did the line's template so
+            # far (with the field index) last open one?
             ev = nl | opens
             if ev.any():
-                field = self._field[:n][ev] + 1
-                key = np.where(nl[ev], _u64(0), (self._tmpl[:n][ev] + field.astype(np.uint64)) * _u64(_H2))
-                key = (key >> _u64(64 - FTAB_BITS)).astype(np.int64)
-                self._tfs[rows[ev]] = self._ftab[key]
-                np.maximum.at(self._ftab, key, ((pos + 2) << 16) | rows[ev])
+                field = (self._field[:n][ev] + 1).astype(np.uint64)
+                h = np.where(nl[ev], _u64(0), (self._tmpl[:n][ev] + field) * _u64(_H2))
+                self._tfs[rows[ev]] = self._open_start(self._ftab, FTAB_BITS, h, rows[ev], pos)
         if self._uses_ttab:
             # A token opens after every byte that is not a letter or digit: the same, in
             # the token table, keyed by the template so far alone.
             ev = ~ALNUM[byte]
             if ev.any():
-                key = np.where(nl[ev], _u64(0), self._tmpl[:n][ev] * _u64(_H2))
-                key = (key >> _u64(64 - TTAB_BITS)).astype(np.int64)
-                self._tkc[rows[ev]] = self._ttab[key]
-                np.maximum.at(self._ttab, key, ((pos + 2) << 16) | rows[ev])
+                h = np.where(nl[ev], _u64(0), self._tmpl[:n][ev] * _u64(_H2))
+                self._tkc[rows[ev]] = self._open_start(self._ttab, TTAB_BITS, h, rows[ev], pos)
                 self._tks[rows[ev]] = self._col[:n][ev]
         self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), MAX_FIELD))
         ab_pos = self._pline[:n] + self._col[:n]
