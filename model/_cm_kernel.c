@@ -56,7 +56,7 @@ typedef uint64_t u64;
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
-       K_TOKABOVE = 23, K_LAST = K_TOKABOVE };
+       K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_LAST = K_TOKCMP };
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
 #define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
@@ -87,7 +87,7 @@ enum {
     /* constants */
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
-    A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC,
+    A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -96,7 +96,7 @@ static const char *array_names[N_ARRAYS] = {
     "abase", "ctx_vals", "ebit", "midx", "wsel", "wsel2", "p12",
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
-    "ftab", "tfs", "tab", "ttab", "tks", "tkc",
+    "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -128,6 +128,11 @@ typedef struct {
     /* tokabove: the token table, each stream's current token start (column) and entry */
     i64 *ttab, *tks, *tkc;
     int uses_ttab;
+    /* tmplcmp / tokcmp: the byte tokabove predicts (256: none), and how the current field
+     * and token compare so far with the bytes tmplabove and tokabove predicted for them
+     * (CMP_* below) */
+    i64 *tob, *tabcmp, *tokcmp;
+    int uses_tabcmp, uses_tokcmp;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
     uint8_t *hist, *mok, *wordbyte;
@@ -201,7 +206,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_TMPL] = b, [A_IND2] = IND2_SIZE, [A_RECIPAPM] = 1 << N_BITS, [A_PTMPL] = b,
         [A_CFIELDS] = b * (MAX_FIELD + 1), [A_PFIELDS] = b * (MAX_FIELD + 1),
         [A_FTAB] = (i64)1 << FTAB_BITS, [A_TFS] = b, [A_TAB] = b,
-        [A_TTAB] = (i64)1 << TTAB_BITS, [A_TKS] = b, [A_TKC] = b,
+        [A_TTAB] = (i64)1 << TTAB_BITS, [A_TKS] = b, [A_TKC] = b, [A_TOB] = b,
+        [A_TABCMP] = b, [A_TOKCMP] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -234,12 +240,18 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->ptmpl = V(A_PTMPL); self->cfields = V(A_CFIELDS); self->pfields = V(A_PFIELDS);
     self->ftab = V(A_FTAB); self->tfs = V(A_TFS); self->tab = V(A_TAB);
     self->ttab = V(A_TTAB); self->tks = V(A_TKS); self->tkc = V(A_TKC);
+    self->tob = V(A_TOB); self->tabcmp = V(A_TABCMP); self->tokcmp = V(A_TOKCMP);
 #undef V
     self->uses_ind2 = 0;
     self->uses_ftab = 0;
     self->uses_ttab = 0;
+    self->uses_tabcmp = 0;
+    self->uses_tokcmp = 0;
     for (i64 j = 0; j < nc; j++) {
-        self->uses_ttab |= self->kinds[j] == K_TOKABOVE;
+        self->uses_tabcmp |= self->kinds[j] == K_TMPLCMP;
+        self->uses_tokcmp |= self->kinds[j] == K_TOKCMP;
+        self->uses_ttab |= self->kinds[j] == K_TOKABOVE || self->kinds[j] == K_TOKCMP;
+        self->uses_ftab |= self->kinds[j] == K_TMPLCMP;
         self->uses_ind2 |= self->kinds[j] == K_IND2;
         self->uses_ftab |= self->kinds[j] == K_TMPLABOVE;
         if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
@@ -381,7 +393,10 @@ static void byte_contexts(Kernel *k, i64 i) {
         entry_bytes(k, i, k->tfs[i], foff, tab);
         k->tab[i] = (i64)tab[0];
     }
-    if (k->uses_ttab) entry_bytes(k, i, k->tkc[i], k->col[i] - k->tks[i], tok);
+    if (k->uses_ttab) {
+        entry_bytes(k, i, k->tkc[i], k->col[i] - k->tks[i], tok);
+        k->tob[i] = (i64)tok[0];
+    }
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -417,6 +432,12 @@ static void byte_contexts(Kernel *k, i64 i) {
             v = (((((tok[0] << 9) | tok[1]) << 8) | c1) * H1 + (u64)(off < 15 ? off : 15)) * H2;
             break;
         }
+        case K_TMPLCMP: /* tmplabove's byte, how this field compares so far, the template */
+            v = ((((u64)k->tab[i] << 2) | (u64)k->tabcmp[i]) * H1 + k->tmpl[i]) * H3;
+            break;
+        case K_TOKCMP: /* tokabove's byte and how this token compares so far */
+            v = ((u64)k->tob[i] << 2) | (u64)k->tokcmp[i];
+            break;
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];
@@ -470,6 +491,17 @@ static void keep_latest(i64 *table, const i64 *keys, i64 n, i64 at) {
         }
 }
 
+/* How a field or token compares with the one its context predicted, after `byte`, the
+ * byte `predicted` for it (256: none), and a separator: CMP_EQUAL until a byte differs,
+ * then whether that byte was greater or less (or had no prediction), until the next
+ * separator (_compare_step in numpy). */
+enum { CMP_EQUAL, CMP_GREATER, CMP_LESS, CMP_NONE };
+static inline i64 compare_step(i64 state, i64 byte, i64 predicted, int separator) {
+    if (separator) return CMP_EQUAL;
+    if (state != CMP_EQUAL || byte == predicted) return state;
+    return predicted == 256 ? CMP_NONE : (byte > predicted ? CMP_GREATER : CMP_LESS);
+}
+
 /* _end_byte for streams 0..n-1, at byte position pos. */
 static void end_byte(Kernel *k, i64 n, i64 pos) {
     int rb = (int)k->prm[P_RINGBITS];
@@ -486,6 +518,11 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 ub = (u64)byte;
         u64 h8 = (k->h8[i] << 8) | ub;
         k->h8[i] = h8;
+        int alnum = (byte >= '0' && byte <= '9') || (byte >= 'A' && byte <= 'Z') ||
+                    (byte >= 'a' && byte <= 'z');
+        if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */
+            k->tabcmp[i] = compare_step(k->tabcmp[i], byte, k->tab[i], byte == 32 || byte == 10);
+        if (k->uses_tokcmp) k->tokcmp[i] = compare_step(k->tokcmp[i], byte, k->tob[i], !alnum);
         if (k->uses_ind2) { /* this byte follows the pair before it (written in pass 3) */
             i64 ik = (i64)((h8 >> 8) & 0xFFFF);
             k->ikey[i] = ik;
@@ -509,8 +546,7 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         /* tokabove: a token opens after every byte that is not an ASCII letter or digit;
          * keyed by the template so far alone (read here, written in pass 4) */
         k->tkey[i] = -1;
-        if (k->uses_ttab && !((byte >= '0' && byte <= '9') || (byte >= 'A' && byte <= 'Z') ||
-                              (byte >= 'a' && byte <= 'z'))) {
+        if (k->uses_ttab && !alnum) {
             u64 h = byte == 10 ? 0 : k->tmpl[i] * H2;
             k->tkey[i] = (i64)(h >> (64 - TTAB_BITS));
             k->tkc[i] = k->ttab[k->tkey[i]];

@@ -69,7 +69,7 @@ VERSION = 1
 CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
-    "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove",
+    "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -81,11 +81,12 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # (o5 gave way to template: loghub 0.3588 -> 0.3562 bpb; dropping o5 alone cost
     # nothing measurable, 0.3562 either way)
     # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate,
-    # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"])
+    # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"]; tmplcmp and tokcmp
+    # with PRESETS["l3-2026-12c"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
-        "ptemplate", "fieldabove", "tmplabove", "tokabove",
+        "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -115,7 +116,7 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use about 2**24.1 (the 15 hashed contexts of level 3 at 2**20 counters each: 134 MiB).
+# use about 2**24.5 (the 21 hashed contexts of level 3 at 2**20 counters each: 182 MiB).
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -235,6 +236,23 @@ ALNUM[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] =
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
 
 
+#: How a field or token compares so far with the bytes a context predicted for it.
+CMP_EQUAL, CMP_GREATER, CMP_LESS, CMP_NONE = 0, 1, 2, 3
+
+
+def _compare_step(state: I64, byte: I64, predicted: I64, separator: np.ndarray) -> I64:
+    """The comparison state after ``byte``, which ``predicted`` (256: none) was expected
+    to be: CMP_EQUAL until a byte differs, then whether that byte was greater or less (or
+    had no prediction) until the next separator, which starts the next field or token
+    equal. (Timestamps, counters and ids: while a value equals the last one, its next
+    digit likely does too; after a greater digit, the rest is anyone's.)"""
+    first = (state == CMP_EQUAL) & (byte != predicted)
+    diff = np.where(
+        predicted == 256, CMP_NONE, np.where(byte > predicted, CMP_GREATER, CMP_LESS)
+    )
+    return np.where(separator, CMP_EQUAL, np.where(first, diff, state))
+
+
 def _u64(x: npt.ArrayLike) -> U64:
     return np.asarray(x, dtype=np.uint64)
 
@@ -317,8 +335,12 @@ class ContextMixPredictor(Predictor):
         self._uses_ind2 = "ind2" in self.contexts  # only then is the indirect table kept up
         self.mixer_contexts = tuple(m for m in MIXER_SELECTORS if m in sel)
         # ... and the field table (for the tmplabove context or the tabove selector)
-        self._uses_ftab = "tmplabove" in self.contexts or "tabove" in self.mixer_contexts
-        self._uses_ttab = "tokabove" in self.contexts  # ... and the token table
+        self._uses_ftab = bool({"tmplabove", "tmplcmp"} & set(self.contexts)) or (
+            "tabove" in self.mixer_contexts
+        )
+        self._uses_ttab = bool({"tokabove", "tokcmp"} & set(self.contexts))  # the token table
+        self._uses_tabcmp = "tmplcmp" in self.contexts  # ... and the comparison states
+        self._uses_tokcmp = "tokcmp" in self.contexts
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
@@ -588,6 +610,11 @@ class ContextMixPredictor(Predictor):
         self._ttab = np.zeros(1 << TTAB_BITS, dtype=np.int64)
         self._tks = np.zeros(b, dtype=np.int64)
         self._tkc = np.zeros(b, dtype=np.int64)
+        self._tob = np.full(b, 256, dtype=np.int64)  # the byte tokabove predicts (256: none)
+        # tmplcmp / tokcmp: how the current field and token compare so far with the bytes
+        # tmplabove and tokabove predicted for them (CMP_EQUAL ... CMP_NONE)
+        self._tabcmp = np.zeros(b, dtype=np.int64)
+        self._tokcmp = np.zeros(b, dtype=np.int64)
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -611,7 +638,7 @@ class ContextMixPredictor(Predictor):
             np.array([CONTEXT_NAMES.index(c) for c in self.contexts], dtype=np.int64),
             self._sel_off, self._sel_kinds, self._tmpl, self._ind2, self._recip_apm,
             self._ptmpl, self._cfields, self._pfields, self._ftab, self._tfs, self._tab,
-            self._ttab, self._tks, self._tkc,
+            self._ttab, self._tks, self._tkc, self._tob, self._tabcmp, self._tokcmp,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -642,6 +669,9 @@ class ContextMixPredictor(Predictor):
         if self._uses_ftab:  # tmplabove's bytes (the context and the tabove selector)
             tab = self._template_above(n)
             self._tab[:n] = tab[0].astype(np.int64)
+        if self._uses_ttab:  # tokabove's bytes (tokabove and tokcmp)
+            tok = self._token_above(n)
+            self._tob[:n] = tok[0].astype(np.int64)
         for j, c in self._log_cols:
             if c == "word":
                 v = (self._wordh[:n] + c1) * _u64(_H2)
@@ -679,9 +709,14 @@ class ContextMixPredictor(Predictor):
                 v = (h + self._tmpl[:n]) * _u64(_H3)
             elif c == "tokabove":  # the bytes at this offset of the token after the same
                 # template last time, the offset (saturating at 15) and the last byte
-                ab, ab2 = self._token_above(n)
+                ab, ab2 = tok
                 off = np.minimum(self._col[:n] - self._tks[:n], 15).astype(np.uint64)
                 v = ((((ab << _u64(9)) | ab2) << _u64(8) | c1) * _u64(_H1) + off) * _u64(_H2)
+            elif c == "tmplcmp":  # tmplabove's byte, how this field compares, the template
+                h = ((tab[0] << _u64(2)) | self._tabcmp[:n].astype(np.uint64)) * _u64(_H1)
+                v = (h + self._tmpl[:n]) * _u64(_H3)
+            elif c == "tokcmp":  # tokabove's byte and how this token compares so far
+                v = (tok[0] << _u64(2)) | self._tokcmp[:n].astype(np.uint64)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -835,6 +870,11 @@ class ContextMixPredictor(Predictor):
             last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
             self._ind2[pair[last]] = ival[last]
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
+        if self._uses_tabcmp:  # fields end at a space or a newline, tokens at any non-alnum
+            sep = (byte == 32) | (byte == 10)
+            self._tabcmp[:n] = _compare_step(self._tabcmp[:n], byte, self._tab[:n], sep)
+        if self._uses_tokcmp:
+            self._tokcmp[:n] = _compare_step(self._tokcmp[:n], byte, self._tob[:n], ~ALNUM[byte])
 
         # Log structure: word hash, column, field index, line starts, the byte above.
         is_word = WORD_BYTE[byte]
@@ -1326,7 +1366,13 @@ PRESETS["l1-2026-12+external"] = {**PRESETS["l1-2026-12"], "external_input": Tru
 # the previous line's template and the byte above in the same field (the 256 KiB sample
 # above: 429,688 -> 426,344 bytes, -0.8%); level 1 has neither, so l1-2026-12 stays
 PRESETS["l3-2026-12b"] = {
-    **PRESETS["l3-2026-12"], "contexts": list(LEVELS[3]),
+    **PRESETS["l3-2026-12"],
+    "contexts": PRESETS["l3-2026-12"]["contexts"]
+    + ["ptemplate", "fieldabove", "tmplabove", "tokabove"],
     "mixer_contexts": list(TEMPLATE_MIXER_SELECTORS),
 }  # fmt: skip
 PRESETS["l3-2026-12b+external"] = {**PRESETS["l3-2026-12b"], "external_input": True}
+# how each field and token compares with the one tmplabove and tokabove predicted (the
+# 256 KiB sample above: 421,440 -> 414,268 bytes, -1.7%)
+PRESETS["l3-2026-12c"] = {**PRESETS["l3-2026-12b"], "contexts": list(LEVELS[3])}
+PRESETS["l3-2026-12c+external"] = {**PRESETS["l3-2026-12c"], "external_input": True}

@@ -254,7 +254,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12b"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12c"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -268,6 +268,10 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12"})
     assert dec.contexts[-2:] == ("ind2", "matchbyte") and dec.slot_check
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12"}
+    # the default until l3-2026-12c: without the comparison contexts
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12b"})
+    assert dec.contexts[-1] == "tokabove" and "tmplcmp" not in dec.contexts
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12b"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -416,9 +420,14 @@ GOLDENS = {
         GOLDEN.with_name("context_mix_l3_2026_12.json"),
         {"contexts": context_mix.PRESETS["l3-2026-12"]["contexts"]},
     ),
+    # the default of preset l3-2026-12b (with small tables)
+    "l3_2026_12b": (
+        GOLDEN.with_name("context_mix_l3_2026_12b.json"),
+        {"contexts": context_mix.PRESETS["l3-2026-12b"]["contexts"]},
+    ),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
-FROZEN_GOLDENS = ("first_level3", "l3_2026_11", "l3_2026_12")  # never regenerated
+FROZEN_GOLDENS = ("first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b")  # never regenerated
 
 
 def _golden_cases(kw: dict[str, Any]) -> dict[str, str]:
