@@ -493,3 +493,39 @@ def test_carried_frames_are_the_same_compiled_and_in_numpy() -> None:
     ]
     assert blobs[0] == blobs[1] and blobs[2] == blobs[3]
     assert tinyzip.decompress(blobs[0]) == tinyzip.decompress(blobs[2]) == data
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_tmplcmp_and_tokcmp_states_follow_the_value_above(compiled: bool) -> None:
+    # How a field and a token compare so far with the ones tmplabove and tokabove read:
+    # equal until a byte differs, then greater / less (or none: nothing above), back to
+    # equal at the next separator.
+    if compiled and context_mix._cm_kernel is None:
+        pytest.skip("the C kernel was not built")
+    pred = small(compiled=compiled)
+    pred.begin(1)
+    # (the field table records a line's start at the newline before it, so the first
+    # line's fields have none above, and the second line's first field neither)
+    text = b"a=100 x\na=100 x\na=101 x\na=099 x\n"
+    states = []
+    for byte in text:
+        for k in range(7, -1, -1):
+            pred.predict(1)
+            pred.update(np.array([(byte >> k) & 1], dtype=np.int64))
+        states.append((int(pred._tabcmp[0]), int(pred._tokcmp[0])))
+    eq, gt, lt, none = (
+        context_mix.CMP_EQUAL, context_mix.CMP_GREATER, context_mix.CMP_LESS, context_mix.CMP_NONE
+    )
+    line = len(b"a=100 x\n")
+    # first line: nothing above, so the first byte of the field / of each token differs
+    assert states[0] == (none, none) and states[4] == (none, none)
+    assert states[5] == (eq, eq)  # the space: a new field and a new token
+    # the second line's number equals the first's
+    assert [s[1] for s in states[line + 2 : line + 5]] == [eq, eq, eq]
+    # "a=101" against "a=100": equal through "a=10", then greater
+    assert [s[0] for s in states[2 * line : 2 * line + 5]] == [eq, eq, eq, eq, gt]
+    assert [s[1] for s in states[2 * line + 2 : 2 * line + 5]] == [eq, eq, gt]
+    # "a=099" against "a=101": less from its first digit
+    assert [s[0] for s in states[3 * line + 2 : 3 * line + 5]] == [lt, lt, lt]
+    assert [s[1] for s in states[3 * line + 2 : 3 * line + 5]] == [lt, lt, lt]
+    assert states[-1] == (eq, eq)  # the newline ends both
