@@ -56,10 +56,12 @@ typedef uint64_t u64;
 enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8 = 12,
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
-       K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_LAST = K_TOKCMP };
+       K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
+       K_LAST = K_TOKRUN };
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
 #define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
+#define KTAB_BITS 18 /* the key table of keyvalue (KTAB_BITS) */
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -88,6 +90,7 @@ enum {
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
+    A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -97,6 +100,7 @@ static const char *array_names[N_ARRAYS] = {
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
+    "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -133,13 +137,19 @@ typedef struct {
      * (CMP_* below) */
     i64 *tob, *tabcmp, *tokcmp;
     int uses_tabcmp, uses_tokcmp;
+    /* tokrun: the byte that opened the current token, the run of unequal tokens before it */
+    i64 *toksep, *tokdiffs;
+    int uses_tokrun;
+    /* keyvalue: the key table, each stream's entry, the byte it predicts, the comparison */
+    i64 *ktab, *kvc, *kvb, *kvcmp;
+    int uses_ktab;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *recip_apm, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
     /* per-stream scratch of the match lookup and the indirect table's update (n <= b) */
-    i64 *key, *ikey, *ival, *fkey, *tkey;
+    i64 *key, *ikey, *ival, *fkey, *tkey, *kkey;
     /* per-stream scratch of the whole-frame loops: P(1) and the step's bits */
     i64 *scratch, *y;
     /* The external input (P_NEXT = 1): tables (B, ext_k, 256) int64 (each entry in
@@ -159,6 +169,7 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->ival);
     PyMem_Free(self->fkey);
     PyMem_Free(self->tkey);
+    PyMem_Free(self->kkey);
     PyMem_Free(self->scratch);
     PyMem_Free(self->y);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -207,7 +218,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_CFIELDS] = b * (MAX_FIELD + 1), [A_PFIELDS] = b * (MAX_FIELD + 1),
         [A_FTAB] = (i64)1 << FTAB_BITS, [A_TFS] = b, [A_TAB] = b,
         [A_TTAB] = (i64)1 << TTAB_BITS, [A_TKS] = b, [A_TKC] = b, [A_TOB] = b,
-        [A_TABCMP] = b, [A_TOKCMP] = b,
+        [A_TABCMP] = b, [A_TOKCMP] = b, [A_TOKSEP] = b, [A_TOKDIFFS] = b,
+        [A_KTAB] = (i64)1 << KTAB_BITS, [A_KVC] = b, [A_KVB] = b, [A_KVCMP] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -241,16 +253,24 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->ftab = V(A_FTAB); self->tfs = V(A_TFS); self->tab = V(A_TAB);
     self->ttab = V(A_TTAB); self->tks = V(A_TKS); self->tkc = V(A_TKC);
     self->tob = V(A_TOB); self->tabcmp = V(A_TABCMP); self->tokcmp = V(A_TOKCMP);
+    self->toksep = V(A_TOKSEP); self->tokdiffs = V(A_TOKDIFFS); self->ktab = V(A_KTAB);
+    self->kvc = V(A_KVC); self->kvb = V(A_KVB); self->kvcmp = V(A_KVCMP);
 #undef V
     self->uses_ind2 = 0;
     self->uses_ftab = 0;
     self->uses_ttab = 0;
     self->uses_tabcmp = 0;
     self->uses_tokcmp = 0;
+    self->uses_tokrun = 0;
+    self->uses_ktab = 0;
     for (i64 j = 0; j < nc; j++) {
-        self->uses_tabcmp |= self->kinds[j] == K_TMPLCMP;
-        self->uses_tokcmp |= self->kinds[j] == K_TOKCMP;
-        self->uses_ttab |= self->kinds[j] == K_TOKABOVE || self->kinds[j] == K_TOKCMP;
+        i64 kd = self->kinds[j];
+        self->uses_tabcmp |= kd == K_TMPLCMP;
+        self->uses_tokcmp |= kd == K_TOKCMP || kd == K_TOKRUN;
+        self->uses_tokrun |= kd == K_TOKRUN;
+        self->uses_ktab |= kd == K_KEYVALUE;
+        /* the token table and the token starts (which keyvalue needs too) */
+        self->uses_ttab |= kd == K_TOKABOVE || kd == K_TOKCMP || kd == K_TOKRUN || kd == K_KEYVALUE;
         self->uses_ftab |= self->kinds[j] == K_TMPLCMP;
         self->uses_ind2 |= self->kinds[j] == K_IND2;
         self->uses_ftab |= self->kinds[j] == K_TMPLABOVE;
@@ -271,9 +291,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->tkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->fkey || !self->tkey || !self->scratch ||
+    if (!self->key || !self->ikey || !self->ival || !self->fkey || !self->tkey || !self->kkey ||
+        !self->scratch ||
         !self->y) {
         PyErr_NoMemory();
         return -1;
@@ -397,6 +419,11 @@ static void byte_contexts(Kernel *k, i64 i) {
         entry_bytes(k, i, k->tkc[i], k->col[i] - k->tks[i], tok);
         k->tob[i] = (i64)tok[0];
     }
+    u64 kv[2] = {256, 256}; /* keyvalue: where the same key's value began last time */
+    if (k->uses_ktab) {
+        entry_bytes(k, i, k->kvc[i], k->col[i] - k->tks[i], kv);
+        k->kvb[i] = (i64)kv[0];
+    }
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -437,6 +464,13 @@ static void byte_contexts(Kernel *k, i64 i) {
             break;
         case K_TOKCMP: /* tokabove's byte and how this token compares so far */
             v = ((u64)k->tob[i] << 2) | (u64)k->tokcmp[i];
+            break;
+        case K_TOKRUN: /* the same, the token's opening byte, the run of unequal tokens */
+            v = ((u64)k->tob[i] << 2) | (u64)k->tokcmp[i] | ((u64)k->toksep[i] << 11) |
+                ((u64)k->tokdiffs[i] << 20);
+            break;
+        case K_KEYVALUE: /* the key's last value: two bytes, and how this token compares */
+            v = ((((kv[0] << 9) | kv[1]) << 2) | (u64)k->kvcmp[i]) * H1;
             break;
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
@@ -522,7 +556,11 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
                     (byte >= 'a' && byte <= 'z');
         if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */
             k->tabcmp[i] = compare_step(k->tabcmp[i], byte, k->tab[i], byte == 32 || byte == 10);
+        if (k->uses_tokrun && !alnum) /* a token ends unequal (the run grows) or equal */
+            k->tokdiffs[i] = k->tokcmp[i] != CMP_EQUAL ? (k->tokdiffs[i] < 3 ? k->tokdiffs[i] + 1 : 3) : 0;
+        if (k->uses_tokrun && byte == 10) k->tokdiffs[i] = 0;
         if (k->uses_tokcmp) k->tokcmp[i] = compare_step(k->tokcmp[i], byte, k->tob[i], !alnum);
+        if (k->uses_ktab) k->kvcmp[i] = compare_step(k->kvcmp[i], byte, k->kvb[i], !alnum);
         if (k->uses_ind2) { /* this byte follows the pair before it (written in pass 3) */
             i64 ik = (i64)((h8 >> 8) & 0xFFFF);
             k->ikey[i] = ik;
@@ -551,6 +589,14 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
             k->tkey[i] = (i64)(h >> (64 - TTAB_BITS));
             k->tkc[i] = k->ttab[k->tkey[i]];
             k->tks[i] = byte == 10 ? 0 : k->col[i] + 1; /* the next column (col moves below) */
+            k->toksep[i] = byte;
+        }
+        /* keyvalue: the same, keyed by the last word and this byte (the key and its "=") */
+        k->kkey[i] = -1;
+        if (k->uses_ktab && !alnum) {
+            u64 h = byte == 10 ? 0 : (k->pword[i] + ub + 1) * H2;
+            k->kkey[i] = (i64)(h >> (64 - KTAB_BITS));
+            k->kvc[i] = k->ktab[k->kkey[i]];
         }
         i64 *cf = k->cfields + i * (MAX_FIELD + 1), *pf = k->pfields + i * (MAX_FIELD + 1);
         /* tmplabove: a field opens after a newline, or a space below the last field; its
@@ -619,6 +665,7 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
      * where their keys say (all were read above). */
     if (k->uses_ftab) keep_latest(k->ftab, k->fkey, n, nxt);
     if (k->uses_ttab) keep_latest(k->ttab, k->tkey, n, nxt);
+    if (k->uses_ktab) keep_latest(k->ktab, k->kkey, n, nxt);
     if (nxt >= mmin) keep_latest(k->mtab, k->key, n, nxt);
 }
 

@@ -70,6 +70,7 @@ CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
     "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
+    "keyvalue", "tokrun",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -82,11 +83,12 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # nothing measurable, 0.3562 either way)
     # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate,
     # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"]; tmplcmp and tokcmp
-    # with PRESETS["l3-2026-12c"])
+    # with PRESETS["l3-2026-12c"]; keyvalue, and tokrun in tokcmp's place, with
+    # PRESETS["l3-2026-12d"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
-        "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
+        "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -116,7 +118,7 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use about 2**24.5 (the 21 hashed contexts of level 3 at 2**20 counters each: 182 MiB).
+# use about 2**24.6 (the 22 hashed contexts of level 3 at 2**20 counters each: 191 MiB).
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -231,6 +233,9 @@ FTAB_BITS = 18
 #: The token table (tokabove): the same for tokens, which start after every byte that is
 #: not an ASCII letter or digit (values in key=value pairs, paths, bracketed fields).
 TTAB_BITS = 18
+#: The key table (keyvalue): the same for tokens keyed by the word before the byte that
+#: opens them and that byte (a key and its "=", ":" or " "), whatever the template.
+KTAB_BITS = 18
 ALNUM = np.zeros(256, dtype=bool)
 ALNUM[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] = True
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
@@ -338,9 +343,12 @@ class ContextMixPredictor(Predictor):
         self._uses_ftab = bool({"tmplabove", "tmplcmp"} & set(self.contexts)) or (
             "tabove" in self.mixer_contexts
         )
-        self._uses_ttab = bool({"tokabove", "tokcmp"} & set(self.contexts))  # the token table
-        self._uses_tabcmp = "tmplcmp" in self.contexts  # ... and the comparison states
-        self._uses_tokcmp = "tokcmp" in self.contexts
+        # the token table (and the token starts, which keyvalue needs too)
+        self._uses_ttab = bool({"tokabove", "tokcmp", "keyvalue", "tokrun"} & set(self.contexts))
+        self._uses_tabcmp = "tmplcmp" in self.contexts  # ... the comparison states
+        self._uses_tokcmp = bool({"tokcmp", "tokrun"} & set(self.contexts))
+        self._uses_tokrun = "tokrun" in self.contexts
+        self._uses_ktab = "keyvalue" in self.contexts  # ... and the key table
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
@@ -615,6 +623,16 @@ class ContextMixPredictor(Predictor):
         # tmplabove and tokabove predicted for them (CMP_EQUAL ... CMP_NONE)
         self._tabcmp = np.zeros(b, dtype=np.int64)
         self._tokcmp = np.zeros(b, dtype=np.int64)
+        # tokrun: the byte that opened the current token (10 at a line start), and how
+        # many tokens in a row ended unequal to theirs above (saturating at 3)
+        self._toksep = np.full(b, 10, dtype=np.int64)
+        self._tokdiffs = np.zeros(b, dtype=np.int64)
+        # keyvalue: the key table (the same for the word before a token's opening byte
+        # and that byte), and per stream its entry, the byte it predicts, the comparison
+        self._ktab = np.zeros(1 << KTAB_BITS, dtype=np.int64)
+        self._kvc = np.zeros(b, dtype=np.int64)
+        self._kvb = np.full(b, 256, dtype=np.int64)
+        self._kvcmp = np.zeros(b, dtype=np.int64)
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -639,6 +657,7 @@ class ContextMixPredictor(Predictor):
             self._sel_off, self._sel_kinds, self._tmpl, self._ind2, self._recip_apm,
             self._ptmpl, self._cfields, self._pfields, self._ftab, self._tfs, self._tab,
             self._ttab, self._tks, self._tkc, self._tob, self._tabcmp, self._tokcmp,
+            self._toksep, self._tokdiffs, self._ktab, self._kvc, self._kvb, self._kvcmp,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -669,9 +688,12 @@ class ContextMixPredictor(Predictor):
         if self._uses_ftab:  # tmplabove's bytes (the context and the tabove selector)
             tab = self._template_above(n)
             self._tab[:n] = tab[0].astype(np.int64)
-        if self._uses_ttab:  # tokabove's bytes (tokabove and tokcmp)
+        if self._uses_ttab:  # tokabove's bytes (tokabove, tokcmp, tokrun)
             tok = self._token_above(n)
             self._tob[:n] = tok[0].astype(np.int64)
+        if self._uses_ktab:  # keyvalue's: where the same key's value began last time
+            kv = self._entry_bytes(n, self._kvc[:n], self._col[:n] - self._tks[:n])
+            self._kvb[:n] = kv[0].astype(np.int64)
         for j, c in self._log_cols:
             if c == "word":
                 v = (self._wordh[:n] + c1) * _u64(_H2)
@@ -717,6 +739,15 @@ class ContextMixPredictor(Predictor):
                 v = (h + self._tmpl[:n]) * _u64(_H3)
             elif c == "tokcmp":  # tokabove's byte and how this token compares so far
                 v = (tok[0] << _u64(2)) | self._tokcmp[:n].astype(np.uint64)
+            elif c == "tokrun":  # the same with the token's opening byte and the run of
+                # unequal tokens before it
+                v = (tok[0] << _u64(2)) | self._tokcmp[:n].astype(np.uint64)
+                v |= (self._toksep[:n].astype(np.uint64) << _u64(11)) | (
+                    self._tokdiffs[:n].astype(np.uint64) << _u64(20)
+                )
+            elif c == "keyvalue":  # the key's last value: two bytes, and how this compares
+                h = (((kv[0] << _u64(9)) | kv[1]) << _u64(2)) | self._kvcmp[:n].astype(np.uint64)
+                v = h * _u64(_H1)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -873,8 +904,15 @@ class ContextMixPredictor(Predictor):
         if self._uses_tabcmp:  # fields end at a space or a newline, tokens at any non-alnum
             sep = (byte == 32) | (byte == 10)
             self._tabcmp[:n] = _compare_step(self._tabcmp[:n], byte, self._tab[:n], sep)
+        if self._uses_tokrun:  # a token ends unequal (the run grows) or equal (it ends)
+            ends = ~ALNUM[byte]
+            grown = np.minimum(self._tokdiffs[:n] + 1, 3)
+            run = np.where(self._tokcmp[:n] != CMP_EQUAL, grown, 0)
+            self._tokdiffs[:n] = np.where(byte == 10, 0, np.where(ends, run, self._tokdiffs[:n]))
         if self._uses_tokcmp:
             self._tokcmp[:n] = _compare_step(self._tokcmp[:n], byte, self._tob[:n], ~ALNUM[byte])
+        if self._uses_ktab:
+            self._kvcmp[:n] = _compare_step(self._kvcmp[:n], byte, self._kvb[:n], ~ALNUM[byte])
 
         # Log structure: word hash, column, field index, line starts, the byte above.
         is_word = WORD_BYTE[byte]
@@ -920,6 +958,13 @@ class ContextMixPredictor(Predictor):
                 h = np.where(nl[ev], _u64(0), self._tmpl[:n][ev] * _u64(_H2))
                 self._tkc[rows[ev]] = self._open_start(self._ttab, TTAB_BITS, h, rows[ev], pos)
                 self._tks[rows[ev]] = self._col[:n][ev]
+                self._toksep[rows[ev]] = byte[ev]
+                if self._uses_ktab:  # keyed by the last word and this byte instead
+                    pw = self._pword[:n][ev]
+                    h = np.where(nl[ev], _u64(0), (pw + ub[ev] + _u64(1)) * _u64(_H2))
+                    self._kvc[rows[ev]] = self._open_start(
+                        self._ktab, KTAB_BITS, h, rows[ev], pos
+                    )
         self._field[:n] = np.where(nl, 0, np.minimum(self._field[:n] + (byte == 32), MAX_FIELD))
         ab_pos = self._pline[:n] + self._col[:n]
         # The byte above exists when the previous line is long enough and still in the ring.
@@ -1374,5 +1419,12 @@ PRESETS["l3-2026-12b"] = {
 PRESETS["l3-2026-12b+external"] = {**PRESETS["l3-2026-12b"], "external_input": True}
 # how each field and token compares with the one tmplabove and tokabove predicted (the
 # 256 KiB sample above: 421,440 -> 414,268 bytes, -1.7%)
-PRESETS["l3-2026-12c"] = {**PRESETS["l3-2026-12b"], "contexts": list(LEVELS[3])}
+PRESETS["l3-2026-12c"] = {
+    **PRESETS["l3-2026-12b"],
+    "contexts": PRESETS["l3-2026-12b"]["contexts"] + ["tmplcmp", "tokcmp"],
+}  # fmt: skip
 PRESETS["l3-2026-12c+external"] = {**PRESETS["l3-2026-12c"], "external_input": True}
+# the value the same key had last time, and tokcmp with the token's opening byte and the
+# run of unequal tokens before it (the 256 KiB sample: 414,236 -> 410,526 bytes, -0.9%)
+PRESETS["l3-2026-12d"] = {**PRESETS["l3-2026-12c"], "contexts": list(LEVELS[3])}
+PRESETS["l3-2026-12d+external"] = {**PRESETS["l3-2026-12d"], "external_input": True}

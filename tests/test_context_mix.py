@@ -254,7 +254,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12c"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12d"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -272,6 +272,10 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12b"})
     assert dec.contexts[-1] == "tokabove" and "tmplcmp" not in dec.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12b"}
+    # the default until l3-2026-12d: tokcmp, no keyvalue
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12c"})
+    assert dec.contexts[-2:] == ("tmplcmp", "tokcmp") and "keyvalue" not in dec.contexts
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12c"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -425,9 +429,15 @@ GOLDENS = {
         GOLDEN.with_name("context_mix_l3_2026_12b.json"),
         {"contexts": context_mix.PRESETS["l3-2026-12b"]["contexts"]},
     ),
+    # the default of preset l3-2026-12c (with small tables)
+    "l3_2026_12c": (
+        GOLDEN.with_name("context_mix_l3_2026_12c.json"),
+        {"contexts": context_mix.PRESETS["l3-2026-12c"]["contexts"]},
+    ),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
-FROZEN_GOLDENS = ("first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b")  # never regenerated
+# never regenerated
+FROZEN_GOLDENS = ("first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c")
 
 
 def _golden_cases(kw: dict[str, Any]) -> dict[str, str]:
@@ -529,3 +539,30 @@ def test_tmplcmp_and_tokcmp_states_follow_the_value_above(compiled: bool) -> Non
     assert [s[0] for s in states[3 * line + 2 : 3 * line + 5]] == [lt, lt, lt]
     assert [s[1] for s in states[3 * line + 2 : 3 * line + 5]] == [lt, lt, lt]
     assert states[-1] == (eq, eq)  # the newline ends both
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_keyvalue_and_tokrun_states(compiled: bool) -> None:
+    # keyvalue compares a value with the one its key had last time, whatever the line;
+    # tokrun counts the tokens in a row that ended unequal to theirs above.
+    if compiled and context_mix._cm_kernel is None:
+        pytest.skip("the C kernel was not built")
+    pred = small(compiled=compiled)
+    pred.begin(1)
+    text = b"x=10 q\nfoo x=11 q\n1 2 3\n4 5 6\n"
+    after = []
+    for byte in text:
+        for k in range(7, -1, -1):
+            pred.predict(1)
+            pred.update(np.array([(byte >> k) & 1], dtype=np.int64))
+        after.append((int(pred._kvcmp[0]), int(pred._tokdiffs[0]), int(pred._toksep[0])))
+    eq, gt = context_mix.CMP_EQUAL, context_mix.CMP_GREATER
+    second = text.index(b"x=11")
+    # "11" after "x=" against "10", two lines apart with another template: 1 equal, 1 greater
+    assert [a[0] for a in after[second + 2 : second + 4]] == [eq, gt]
+    assert after[second + 4][0] == eq  # the space ends the value
+    assert after[second + 1][2] == ord("=")  # the token after "=" opened at "="
+    # "4 5 6" against "1 2 3": each number differs, so the run grows at each space
+    fourth = text.index(b"4 5 6")
+    assert [after[fourth + m][1] for m in (1, 3)] == [1, 2]
+    assert after[-1][1] == 0 and after[-1][2] == 10  # a newline ends the run
