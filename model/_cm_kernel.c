@@ -271,10 +271,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_ktab |= kd == K_KEYVALUE;
         /* the token table and the token starts (which keyvalue needs too) */
         self->uses_ttab |= kd == K_TOKABOVE || kd == K_TOKCMP || kd == K_TOKRUN || kd == K_KEYVALUE;
-        self->uses_ftab |= self->kinds[j] == K_TMPLCMP;
-        self->uses_ind2 |= self->kinds[j] == K_IND2;
-        self->uses_ftab |= self->kinds[j] == K_TMPLABOVE;
-        if (self->kinds[j] < 0 || self->kinds[j] > K_LAST) {
+        self->uses_ftab |= kd == K_TMPLABOVE || kd == K_TMPLCMP;
+        self->uses_ind2 |= kd == K_IND2;
+        if (kd < 0 || kd > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
         }
@@ -556,8 +555,10 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
                     (byte >= 'a' && byte <= 'z');
         if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */
             k->tabcmp[i] = compare_step(k->tabcmp[i], byte, k->tab[i], byte == 32 || byte == 10);
-        if (k->uses_tokrun && !alnum) /* a token ends unequal (the run grows) or equal */
-            k->tokdiffs[i] = k->tokcmp[i] != CMP_EQUAL ? (k->tokdiffs[i] < 3 ? k->tokdiffs[i] + 1 : 3) : 0;
+        if (k->uses_tokrun && !alnum) { /* a token ends unequal (the run grows) or equal */
+            i64 grown = k->tokdiffs[i] < 3 ? k->tokdiffs[i] + 1 : 3;
+            k->tokdiffs[i] = k->tokcmp[i] != CMP_EQUAL ? grown : 0;
+        }
         if (k->uses_tokrun && byte == 10) k->tokdiffs[i] = 0;
         if (k->uses_tokcmp) k->tokcmp[i] = compare_step(k->tokcmp[i], byte, k->tob[i], !alnum);
         if (k->uses_ktab) k->kvcmp[i] = compare_step(k->kvcmp[i], byte, k->kvb[i], !alnum);
