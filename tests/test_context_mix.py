@@ -505,24 +505,31 @@ def test_carried_frames_are_the_same_compiled_and_in_numpy() -> None:
     assert tinyzip.decompress(blobs[0]) == tinyzip.decompress(blobs[2]) == data
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_tmplcmp_and_tokcmp_states_follow_the_value_above(compiled: bool) -> None:
-    # How a field and a token compare so far with the ones tmplabove and tokabove read:
-    # equal until a byte differs, then greater / less (or none: nothing above), back to
-    # equal at the next separator.
+def _states_after_each_byte(compiled: bool, text: bytes, names: tuple[str, ...]) -> list:
+    """One stream of the default contexts coding text bit by bit: after each byte, the
+    values of the named per-stream state arrays."""
     if compiled and context_mix._cm_kernel is None:
         pytest.skip("the C kernel was not built")
     pred = small(compiled=compiled)
     pred.begin(1)
-    # (the field table records a line's start at the newline before it, so the first
-    # line's fields have none above, and the second line's first field neither)
-    text = b"a=100 x\na=100 x\na=101 x\na=099 x\n"
-    states = []
+    out = []
     for byte in text:
         for k in range(7, -1, -1):
             pred.predict(1)
             pred.update(np.array([(byte >> k) & 1], dtype=np.int64))
-        states.append((int(pred._tabcmp[0]), int(pred._tokcmp[0])))
+        out.append(tuple(int(getattr(pred, name)[0]) for name in names))
+    return out
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_tmplcmp_and_tokcmp_states_follow_the_value_above(compiled: bool) -> None:
+    # How a field and a token compare so far with the ones tmplabove and tokabove read:
+    # equal until a byte differs, then greater / less (or none: nothing above), back to
+    # equal at the next separator. (The field table records a line's start at the
+    # newline before it, so the first line's fields have none above, and the second
+    # line's first field neither.)
+    text = b"a=100 x\na=100 x\na=101 x\na=099 x\n"
+    states = _states_after_each_byte(compiled, text, ("_tabcmp", "_tokcmp"))
     eq, gt, lt, none = (
         context_mix.CMP_EQUAL, context_mix.CMP_GREATER, context_mix.CMP_LESS, context_mix.CMP_NONE
     )
@@ -545,17 +552,8 @@ def test_tmplcmp_and_tokcmp_states_follow_the_value_above(compiled: bool) -> Non
 def test_keyvalue_and_tokrun_states(compiled: bool) -> None:
     # keyvalue compares a value with the one its key had last time, whatever the line;
     # tokrun counts the tokens in a row that ended unequal to theirs above.
-    if compiled and context_mix._cm_kernel is None:
-        pytest.skip("the C kernel was not built")
-    pred = small(compiled=compiled)
-    pred.begin(1)
     text = b"x=10 q\nfoo x=11 q\n1 2 3\n4 5 6\n"
-    after = []
-    for byte in text:
-        for k in range(7, -1, -1):
-            pred.predict(1)
-            pred.update(np.array([(byte >> k) & 1], dtype=np.int64))
-        after.append((int(pred._kvcmp[0]), int(pred._tokdiffs[0]), int(pred._toksep[0])))
+    after = _states_after_each_byte(compiled, text, ("_kvcmp", "_tokdiffs", "_toksep"))
     eq, gt = context_mix.CMP_EQUAL, context_mix.CMP_GREATER
     second = text.index(b"x=11")
     # "11" after "x=" against "10", two lines apart with another template: 1 equal, 1 greater
