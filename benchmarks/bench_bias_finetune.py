@@ -31,18 +31,10 @@ BLOCK = 8192
 def engine_tables(pred: CmTransformerPredictor, raw: bytes) -> np.ndarray:
     """(len(raw), 256) float64: the engine's table of each byte (as encode_frame gets them)."""
     data = np.frombuffer(raw, np.uint8).astype(np.int64)[None, :]
-    eng = pred.transformer.engine
-    out = []
-    for first in range(0, data.shape[1], BLOCK):
-        count = min(BLOCK, data.shape[1] - first)
-        lo = max(0, first - eng.receptive_field)
-        inputs = np.empty((1, first + count - lo), dtype=np.int64)
-        if lo == 0:
-            inputs[:, 0] = eng.bos
-            inputs[:, 1:] = data[:, : first + count - 1]
-        else:
-            inputs[:] = data[:, lo - 1 : first + count - 1]
-        out.append(eng._forward(inputs)[:, first - lo :])
+    out = [
+        pred.block_tables(data, first, min(BLOCK, data.shape[1] - first))
+        for first in range(0, data.shape[1], BLOCK)
+    ]
     return np.concatenate(out, axis=1)[0].astype(np.float64)
 
 

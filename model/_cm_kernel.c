@@ -461,12 +461,10 @@ static void byte_contexts(Kernel *k, i64 i) {
         case K_TMPLCMP: /* tmplabove's byte, how this field compares so far, the template */
             v = ((((u64)k->tab[i] << 2) | (u64)k->tabcmp[i]) * H1 + k->tmpl[i]) * H3;
             break;
-        case K_TOKCMP: /* tokabove's byte and how this token compares so far */
+        case K_TOKCMP: /* tokabove's byte and how this token compares so far; tokrun: */
+        case K_TOKRUN: /* with the token's opening byte and the run of unequal tokens */
             v = ((u64)k->tob[i] << 2) | (u64)k->tokcmp[i];
-            break;
-        case K_TOKRUN: /* the same, the token's opening byte, the run of unequal tokens */
-            v = ((u64)k->tob[i] << 2) | (u64)k->tokcmp[i] | ((u64)k->toksep[i] << 11) |
-                ((u64)k->tokdiffs[i] << 20);
+            if (kind == K_TOKRUN) v |= ((u64)k->toksep[i] << 11) | ((u64)k->tokdiffs[i] << 20);
             break;
         case K_KEYVALUE: /* the key's last value: two bytes, and how this token compares */
             v = ((((kv[0] << 9) | kv[1]) << 2) | (u64)k->kvcmp[i]) * H1;
@@ -555,11 +553,11 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
                     (byte >= 'a' && byte <= 'z');
         if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */
             k->tabcmp[i] = compare_step(k->tabcmp[i], byte, k->tab[i], byte == 32 || byte == 10);
-        if (k->uses_tokrun && !alnum) { /* a token ends unequal (the run grows) or equal */
+        if (k->uses_tokrun && !alnum) { /* a token ends unequal (the run grows) or equal,
+                                          * or the line ends */
             i64 grown = k->tokdiffs[i] < 3 ? k->tokdiffs[i] + 1 : 3;
-            k->tokdiffs[i] = k->tokcmp[i] != CMP_EQUAL ? grown : 0;
+            k->tokdiffs[i] = k->tokcmp[i] != CMP_EQUAL && byte != 10 ? grown : 0;
         }
-        if (k->uses_tokrun && byte == 10) k->tokdiffs[i] = 0;
         if (k->uses_tokcmp) k->tokcmp[i] = compare_step(k->tokcmp[i], byte, k->tob[i], !alnum);
         if (k->uses_ktab) k->kvcmp[i] = compare_step(k->kvcmp[i], byte, k->kvb[i], !alnum);
         if (k->uses_ind2) { /* this byte follows the pair before it (written in pass 3) */

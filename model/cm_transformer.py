@@ -124,25 +124,27 @@ class CmTransformerPredictor(Predictor):
         if not self.cm.compiled or grid.dtype != np.uint8:
             return None
         data = np.packbits(grid, axis=1).astype(np.int64)  # (B, T / 8) bytes, 0-padded
-        engine = self.transformer.engine
-        reach = engine.receptive_field
-
-        def external(first: int, count: int) -> np.ndarray:
-            # Rows first..first+count-1 need the inputs (BOS, then each previous byte)
-            # from `reach` positions earlier: the engine's parallel pass over that window.
-            lo = max(0, first - reach)
-            inputs = np.empty((data.shape[0], first + count - lo), dtype=np.int64)
-            if lo == 0:
-                inputs[:, 0] = engine.bos
-                inputs[:, 1:] = data[:, : first + count - 1]
-            else:
-                inputs[:] = data[:, lo - 1 : first + count - 1]
-            # (_forward: the pass tables_parallel runs on each of its chunks)
-            return engine._forward(inputs)[:, first - lo :]
-
         return self.cm.encode_frame(
-            grid, lengths, on_step, external=external, block_bytes=self.ENCODE_BLOCK
-        )
+            grid, lengths, on_step, external=lambda first, count: self.block_tables(
+                data, first, count
+            ), block_bytes=self.ENCODE_BLOCK,
+        )  # fmt: skip
+
+    def block_tables(self, data: np.ndarray, first: int, count: int) -> np.ndarray:
+        """The engine's tables (B, count, 256) of bytes first..first+count-1 of ``data``
+        (B, T) int64, from one parallel pass over their receptive field."""
+        engine = self.transformer.engine
+        # Those rows need the inputs (BOS, then each previous byte) from receptive_field
+        # positions earlier.
+        lo = max(0, first - engine.receptive_field)
+        inputs = np.empty((data.shape[0], first + count - lo), dtype=np.int64)
+        if lo == 0:
+            inputs[:, 0] = engine.bos
+            inputs[:, 1:] = data[:, : first + count - 1]
+        else:
+            inputs[:] = data[:, lo - 1 : first + count - 1]
+        # (_forward: the pass tables_parallel runs on each of its chunks)
+        return engine._forward(inputs)[:, first - lo :]
 
     def decode_frame(
         self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,

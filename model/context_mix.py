@@ -737,14 +737,13 @@ class ContextMixPredictor(Predictor):
             elif c == "tmplcmp":  # tmplabove's byte, how this field compares, the template
                 h = ((tab[0] << _u64(2)) | self._tabcmp[:n].astype(np.uint64)) * _u64(_H1)
                 v = (h + self._tmpl[:n]) * _u64(_H3)
-            elif c == "tokcmp":  # tokabove's byte and how this token compares so far
+            elif c in ("tokcmp", "tokrun"):  # tokabove's byte, how this token compares so
+                # far; tokrun: with the token's opening byte and the run of unequal tokens
                 v = (tok[0] << _u64(2)) | self._tokcmp[:n].astype(np.uint64)
-            elif c == "tokrun":  # the same with the token's opening byte and the run of
-                # unequal tokens before it
-                v = (tok[0] << _u64(2)) | self._tokcmp[:n].astype(np.uint64)
-                v |= (self._toksep[:n].astype(np.uint64) << _u64(11)) | (
-                    self._tokdiffs[:n].astype(np.uint64) << _u64(20)
-                )
+                if c == "tokrun":
+                    v |= (self._toksep[:n].astype(np.uint64) << _u64(11)) | (
+                        self._tokdiffs[:n].astype(np.uint64) << _u64(20)
+                    )
             elif c == "keyvalue":  # the key's last value: two bytes, and how this compares
                 h = (((kv[0] << _u64(9)) | kv[1]) << _u64(2)) | self._kvcmp[:n].astype(np.uint64)
                 v = h * _u64(_H1)
@@ -901,18 +900,18 @@ class ContextMixPredictor(Predictor):
             last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
             self._ind2[pair[last]] = ival[last]
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
-        if self._uses_tabcmp:  # fields end at a space or a newline, tokens at any non-alnum
+        token_end = ~ALNUM[byte]  # fields end at a space or a newline, tokens at any non-alnum
+        if self._uses_tabcmp:
             sep = (byte == 32) | (byte == 10)
             self._tabcmp[:n] = _compare_step(self._tabcmp[:n], byte, self._tab[:n], sep)
-        if self._uses_tokrun:  # a token ends unequal (the run grows) or equal (it ends)
-            ends = ~ALNUM[byte]
+        if self._uses_tokrun:  # a token ends unequal (the run grows) or equal, or the line ends
             grown = np.minimum(self._tokdiffs[:n] + 1, 3)
-            run = np.where(self._tokcmp[:n] != CMP_EQUAL, grown, 0)
-            self._tokdiffs[:n] = np.where(byte == 10, 0, np.where(ends, run, self._tokdiffs[:n]))
+            run = np.where((self._tokcmp[:n] != CMP_EQUAL) & (byte != 10), grown, 0)
+            self._tokdiffs[:n] = np.where(token_end, run, self._tokdiffs[:n])
         if self._uses_tokcmp:
-            self._tokcmp[:n] = _compare_step(self._tokcmp[:n], byte, self._tob[:n], ~ALNUM[byte])
+            self._tokcmp[:n] = _compare_step(self._tokcmp[:n], byte, self._tob[:n], token_end)
         if self._uses_ktab:
-            self._kvcmp[:n] = _compare_step(self._kvcmp[:n], byte, self._kvb[:n], ~ALNUM[byte])
+            self._kvcmp[:n] = _compare_step(self._kvcmp[:n], byte, self._kvb[:n], token_end)
 
         # Log structure: word hash, column, field index, line starts, the byte above.
         is_word = WORD_BYTE[byte]
@@ -953,7 +952,7 @@ class ContextMixPredictor(Predictor):
         if self._uses_ttab:
             # A token opens after every byte that is not a letter or digit: the same, in
             # the token table, keyed by the template so far alone.
-            ev = ~ALNUM[byte]
+            ev = token_end
             if ev.any():
                 h = np.where(nl[ev], _u64(0), self._tmpl[:n][ev] * _u64(_H2))
                 self._tkc[rows[ev]] = self._open_start(self._ttab, TTAB_BITS, h, rows[ev], pos)
