@@ -111,7 +111,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_TABOVE, S_LAST 
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
     P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
-    P_SLOTCHECK, P_POS0,
+    P_SLOTCHECK, P_POS0, P_MIXDECAY,
     N_PARAMS
 };
 
@@ -198,7 +198,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->prm[P_RINGBITS] > 40 || self->prm[P_MHASHBITS] < 1 || self->prm[P_MHASHBITS] > 40 ||
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
         self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40 ||
-        self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1 || self->prm[P_POS0] < 0) {
+        self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1 || self->prm[P_POS0] < 0 ||
+        self->prm[P_MIXDECAY] < 0 || self->prm[P_MIXDECAY] > ((i64)1 << 30)) {
         PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
         return -1;
     }
@@ -763,8 +764,14 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
  * bit position bit of the byte at position step. */
 static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
     i64 ni = k->prm[P_NI], ncols = k->prm[P_NCOLS], cw = k->prm[P_CW];
-    int shift = (int)k->prm[P_MIXSHIFT];
+    int shift = (int)k->prm[P_MIXSHIFT] + 4;
     i64 round = (i64)1 << (shift - 1);
+    /* the mixer's rate in 16ths of 2**-mixer_shift (mixer_rate in numpy) */
+    i64 decay = k->prm[P_MIXDECAY], rate = 16;
+    if (decay) {
+        rate = 16 * decay / (decay + k->prm[P_POS0] + step);
+        if (rate < 8) rate = 8;
+    }
     u64 *t = (u64 *)k->t; /* adds wrap, as numpy's int64 adds do */
     for (i64 i = 0; i < n; i++) {
         const i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
@@ -780,8 +787,9 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[j]);
             t[idx[j]] += (u64)d;
         }
-        /* Mixer: gradient step on coding cost, err in 12-bit probability units. */
-        i64 err = (yi << 12) - k->p12[i];
+        /* Mixer: gradient step on coding cost, err in 12-bit probability units times the
+         * rate (16ths), so shift is mixer_shift + 4. */
+        i64 err = ((yi << 12) - k->p12[i]) * rate;
         u64 dw[ni];
         for (i64 m = 0; m < ni; m++) dw[m] = (u64)asr((i64)((u64)x[m] * (u64)err + (u64)round), shift);
         for (i64 s = 0; s < ns; s++) {

@@ -27,7 +27,10 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 # descriptor: off / the one rate of then).
 BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
+    "mixer_decay": 0,
 }  # fmt: skip
+# ... and mixer_decay, added with preset l3-2026-12e (absent: a constant mixer rate).
+BEFORE_2026_12E: dict[str, Any] = {"mixer_decay": 0}
 
 
 def small(**kw: Any) -> ContextMixPredictor:
@@ -242,7 +245,8 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     assert desc["name"] == "cm" and desc["version"] == 1
     # every parameter but external_input, which only cm+transformer's cm sets
     assert set(desc["params"]) == context_mix._PARAM_NAMES | {
-        "mixer_contexts", "slot_check", "counter_offset", "apm_offset", "carry_history"}  # fmt: skip
+        "mixer_contexts", "slot_check", "counter_offset", "apm_offset", "carry_history",
+        "mixer_decay"}  # fmt: skip
     assert set(small(external_input=True).descriptor()["params"]) == (
         context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     )
@@ -254,7 +258,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12d"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -276,6 +280,11 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12c"})
     assert dec.contexts[-2:] == ("tmplcmp", "tokcmp") and "keyvalue" not in dec.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12c"}
+    # the default until l3-2026-12e: the same contexts, a constant mixer rate
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12d"})
+    assert dec.mixer_decay == 0 and dec.contexts == pred.contexts
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12d"}
+    assert pred.mixer_decay == context_mix.MIXER_DECAY > 0
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -326,6 +335,31 @@ def _bad(**changes: Any) -> dict[str, Any]:
     return {**desc, "params": params}
 
 
+def test_mixer_rate_falls_to_half_and_positions_carry_across_frames() -> None:
+    assert [context_mix.mixer_rate(65536, p) for p in (0, 4096, 32768, 65536, 10**9)] == [
+        16, 15, 10, 8, 8,
+    ]
+    assert context_mix.mixer_rate(0, 10**9) == 16  # archives without mixer_decay
+    # numpy and C agree whatever the decay (0 is pinned by the goldens of earlier presets)
+    text = log_text(20, seed=3)[:600]
+    outs = {}
+    for compiled in (False, True):
+        for decay in (0, 64, 1 << 30):
+            pred = small(mixer_decay=decay, compiled=compiled)
+            run(pred, [text])
+            outs[compiled, decay] = pred.state_digest()
+    assert len({outs[False, d] for d in (0, 64, 1 << 30)}) == 3
+    assert all(outs[True, d] == outs[False, d] for d in (0, 64, 1 << 30))
+    # The rate goes by the byte's position in the stream, which carries across frames:
+    # two frames of 300 bytes end where one frame of 600 does.
+    for compiled in (False, True):
+        one, two = small(mixer_decay=64, compiled=compiled), small(mixer_decay=64, compiled=compiled)
+        run(one, [text])
+        run(two, [text[:300]])
+        run(two, [text[300:]])
+        assert one.state_digest() == two.state_digest() == outs[False, 64]
+
+
 @pytest.mark.parametrize(
     "desc",
     [
@@ -352,6 +386,9 @@ def _bad(**changes: Any) -> dict[str, Any]:
         pytest.param(_bad(mixer_contexts="field"), id="mixer_contexts_not_list"),
         pytest.param(_bad(external_input=False), id="external_input_false_spelled_out"),
         pytest.param(_bad(external_input=1), id="external_input_not_bool"),
+        pytest.param(_bad(mixer_decay=-1), id="negative_mixer_decay"),
+        pytest.param(_bad(mixer_decay=1 << 31), id="huge_mixer_decay"),
+        pytest.param(_bad(mixer_decay=0), id="mixer_decay_0_spelled_out"),
     ],
 )
 def test_from_descriptor_rejects_bad_descriptors(desc: Any) -> None:
@@ -422,22 +459,29 @@ GOLDENS = {
     # the default of preset l3-2026-12 (with small tables)
     "l3_2026_12": (
         GOLDEN.with_name("context_mix_l3_2026_12.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12"]["contexts"]},
+        {"contexts": context_mix.PRESETS["l3-2026-12"]["contexts"], **BEFORE_2026_12E},
     ),
     # the default of preset l3-2026-12b (with small tables)
     "l3_2026_12b": (
         GOLDEN.with_name("context_mix_l3_2026_12b.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12b"]["contexts"]},
+        {"contexts": context_mix.PRESETS["l3-2026-12b"]["contexts"], **BEFORE_2026_12E},
     ),
     # the default of preset l3-2026-12c (with small tables)
     "l3_2026_12c": (
         GOLDEN.with_name("context_mix_l3_2026_12c.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12c"]["contexts"]},
+        {"contexts": context_mix.PRESETS["l3-2026-12c"]["contexts"], **BEFORE_2026_12E},
+    ),
+    # the default of preset l3-2026-12d (with small tables)
+    "l3_2026_12d": (
+        GOLDEN.with_name("context_mix_l3_2026_12d.json"),
+        {"contexts": context_mix.PRESETS["l3-2026-12d"]["contexts"], **BEFORE_2026_12E},
     ),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
-FROZEN_GOLDENS = ("first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c")
+FROZEN_GOLDENS = (
+    "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
+)  # fmt: skip
 
 
 def _golden_cases(kw: dict[str, Any]) -> dict[str, str]:
