@@ -449,6 +449,13 @@ def test_module_calls_no_float_transcendental() -> None:
         assert name not in src
 
 
+def _preset_golden(preset: str, before: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """A preset's golden file and the arguments that rebuild its defaults: its contexts,
+    and ``before``, what the parameters added since then meant for it."""
+    name = "context_mix_" + preset.replace("-", "_") + ".json"
+    return GOLDEN.with_name(name), {"contexts": context_mix.PRESETS[preset]["contexts"], **before}
+
+
 # The eleven contexts of the first level 3 (its parameters, no extra weight sets): archives
 # made with them must keep decoding, so their tables stay pinned by the first golden
 # file; the current default has its own.
@@ -461,36 +468,13 @@ GOLDENS = {
             **BEFORE_2026_12, "mixer_init": 1 << 14,
         },
     ),
-    # the default of preset l3-2026-11 (with small tables)
-    "l3_2026_11": (
-        GOLDEN.with_name("context_mix_l3_2026_11.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-11"]["contexts"], **BEFORE_2026_12},
-    ),
-    # the default of preset l3-2026-12 (with small tables)
-    "l3_2026_12": (
-        GOLDEN.with_name("context_mix_l3_2026_12.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12"]["contexts"], **BEFORE_2026_12E},
-    ),
-    # the default of preset l3-2026-12b (with small tables)
-    "l3_2026_12b": (
-        GOLDEN.with_name("context_mix_l3_2026_12b.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12b"]["contexts"], **BEFORE_2026_12E},
-    ),
-    # the default of preset l3-2026-12c (with small tables)
-    "l3_2026_12c": (
-        GOLDEN.with_name("context_mix_l3_2026_12c.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12c"]["contexts"], **BEFORE_2026_12E},
-    ),
-    # the default of preset l3-2026-12d (with small tables)
-    "l3_2026_12d": (
-        GOLDEN.with_name("context_mix_l3_2026_12d.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12d"]["contexts"], **BEFORE_2026_12E},
-    ),
-    # the default of preset l3-2026-12e (with small tables)
-    "l3_2026_12e": (
-        GOLDEN.with_name("context_mix_l3_2026_12e.json"),
-        {"contexts": context_mix.PRESETS["l3-2026-12e"]["contexts"], **BEFORE_2026_12F},
-    ),
+    # the defaults of the earlier presets (with small tables)
+    "l3_2026_11": _preset_golden("l3-2026-11", BEFORE_2026_12),
+    **{
+        name.replace("-", "_"): _preset_golden(name, BEFORE_2026_12E)
+        for name in ("l3-2026-12", "l3-2026-12b", "l3-2026-12c", "l3-2026-12d")
+    },
+    "l3_2026_12e": _preset_golden("l3-2026-12e", BEFORE_2026_12F),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
