@@ -198,20 +198,6 @@ OLD_RATE_OFFSET = 30  # 1/(n + 1.5): what an archive without the offsets used
 
 MIXER_DECAY = 65536  # the default `mixer_decay` of level 3 (0: archives without it)
 
-#: Defaults that differ by level. Level 3 was retuned once the mixer's rate decayed
-#: (l3-2026-12f): on the first 256 KiB of every corpus file, cm alone, 408,254 bytes with
-#: the values of levels 1 and 2; match_min 5: 407,764; 4: 407,182; 3: 407,012; mixer_init
-#: 6000: 407,816 (4000: 408,532, 11000: 410,918); match_min 4 and mixer_init 6000:
-#: 406,720 (with match_min 3: 406,508, but whole files 530,564 against 530,244), and
-#: counter_offset 22: 406,440 (-0.4%; whole files 531,910 -> 529,554). (Tried with them:
-#: match_hash_bits 22, mixer_decay 32768 or 131072, dropping the byte2 selector or
-#: adding above: all within 0.1%, most worse.) Level 1 is worse with them (508,560 ->
-#: 513,246), so levels 1 and 2 keep the values of before.
-LEVEL_TUNING: dict[int, dict[str, int]] = {
-    1: {"match_min": 6, "mixer_init": 8000, "counter_offset": 23, "mixer_decay": 0},
-    3: {"match_min": 4, "mixer_init": 6000, "counter_offset": 22, "mixer_decay": MIXER_DECAY},
-}
-
 
 def mixer_rate(decay: int, pos: int) -> int:
     """The mixer's learning rate at byte position ``pos``, in 16ths of 2**-mixer_shift:
@@ -299,15 +285,15 @@ class ContextMixPredictor(Predictor):
         table_bits: int = 20,
         history_bits: int = 22,
         match_hash_bits: int = 20,
-        match_min: int | None = None,
+        match_min: int = 6,
         counter_limit: int = 255,
         mixer_shift: int = 13,
-        mixer_init: int | None = None,
+        mixer_init: int = 8000,
         apm_limit: int = 127,
         mixer_contexts: tuple[str, ...] | list[str] | None = None,
         external_input: bool = False,
         slot_check: bool = True,
-        counter_offset: int | None = None,
+        counter_offset: int = 23,
         apm_offset: int = 400,
         carry_history: bool = True,
         mixer_decay: int | None = None,
@@ -323,13 +309,8 @@ class ContextMixPredictor(Predictor):
         elif level is not None:
             raise ValueError("give either level or contexts, not both")
         contexts = tuple(contexts)
-        # Parameters left out take the defaults of the level (LEVEL_TUNING); other
-        # context lists take level 3's.
-        tuned = LEVEL_TUNING[1 if contexts in (LEVELS[1], LEVELS[2]) else 3]
-        match_min = tuned["match_min"] if match_min is None else match_min
-        mixer_init = tuned["mixer_init"] if mixer_init is None else mixer_init
-        counter_offset = tuned["counter_offset"] if counter_offset is None else counter_offset
-        mixer_decay = tuned["mixer_decay"] if mixer_decay is None else mixer_decay
+        if mixer_decay is None:  # levels 1 and 2 learn best at a constant rate (below)
+            mixer_decay = 0 if contexts in (LEVELS[1], LEVELS[2]) else MIXER_DECAY
         if mixer_contexts is None:
             with_tabove = "tmplabove" in tuple(contexts)
             sel = TEMPLATE_MIXER_SELECTORS if with_tabove else DEFAULT_MIXER_SELECTORS
@@ -429,7 +410,7 @@ class ContextMixPredictor(Predictor):
         # updates, 408,470 at 65536, for a count per set and 25% more time; a constant
         # rate of 2**-14: 409,384, of 2**-15: 415,832.) Level 1, with its four contexts
         # and two weight sets, does worse with it (508,560 -> 517,444), so levels 1 and
-        # 2 keep the constant rate by default (LEVEL_TUNING).
+        # 2 keep the constant rate by default.
         self.mixer_decay = mixer_decay
 
         # One flat int64 table holds every shared, learned number, so that one gather
@@ -1484,7 +1465,3 @@ PRESETS["l3-2026-12d+external"] = {**PRESETS["l3-2026-12d"], "external_input": T
 # sample: 410,546 -> 408,254 bytes, -0.6%; whole files -0.8%)
 PRESETS["l3-2026-12e"] = {**PRESETS["l3-2026-12d"], "mixer_decay": MIXER_DECAY}
 PRESETS["l3-2026-12e+external"] = {**PRESETS["l3-2026-12e"], "external_input": True}
-# level 3 retuned with the decaying rate: match_min 4, mixer_init 6000, counter_offset 22
-# (the 256 KiB sample: 408,254 -> 406,440 bytes, -0.4%; whole files -0.4%)
-PRESETS["l3-2026-12f"] = {**PRESETS["l3-2026-12e"], **LEVEL_TUNING[3]}
-PRESETS["l3-2026-12f+external"] = {**PRESETS["l3-2026-12f"], "external_input": True}

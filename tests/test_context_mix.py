@@ -27,12 +27,10 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 # descriptor: off / the one rate of then).
 BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
-    "mixer_decay": 0, "match_min": 6, "mixer_init": 8000,
+    "mixer_decay": 0,
 }  # fmt: skip
-# The level 3 defaults before l3-2026-12f retuned them ...
-BEFORE_2026_12F: dict[str, Any] = {"match_min": 6, "mixer_init": 8000, "counter_offset": 23}
-# ... and before l3-2026-12e added mixer_decay (absent: a constant mixer rate).
-BEFORE_2026_12E: dict[str, Any] = {**BEFORE_2026_12F, "mixer_decay": 0}
+# ... and mixer_decay, added with preset l3-2026-12e (absent: a constant mixer rate).
+BEFORE_2026_12E: dict[str, Any] = {"mixer_decay": 0}
 
 
 def small(**kw: Any) -> ContextMixPredictor:
@@ -260,7 +258,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12f"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -287,14 +285,6 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     assert dec.mixer_decay == 0 and dec.contexts == pred.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12d"}
     assert pred.mixer_decay == context_mix.MIXER_DECAY > 0
-    # the default until l3-2026-12f: the values of level 1 for match_min, mixer_init and
-    # counter_offset
-    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12e"})
-    assert (dec.match_min, dec.mixer_init, dec.counter_offset) == (6, 8000, 23)
-    assert (pred.match_min, pred.mixer_init, pred.counter_offset) == (4, 6000, 22)
-    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
-    level1 = ContextMixPredictor(level=1, compiled=False)
-    assert level1.descriptor() == {"name": "cm", "version": 1, "preset": "l1-2026-12"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -313,7 +303,7 @@ def test_descriptor_without_rate_offsets_means_the_first_rate() -> None:
     back = from_descriptor(old.descriptor())
     assert (back.counter_offset, back.apm_offset) == (30, 30)
     new = from_descriptor(small().descriptor())
-    assert (new.counter_offset, new.apm_offset) == (22, 400)
+    assert (new.counter_offset, new.apm_offset) == (23, 400)
     for bad in ({"counter_offset": 20}, {"apm_offset": 4001}, {"counter_offset": 23.0}):
         with pytest.raises(CorruptInputError):
             from_descriptor(_bad(**bad))
@@ -465,7 +455,7 @@ GOLDENS = {
         GOLDEN,
         {
             "contexts": FIRST_LEVEL3, "mixer_contexts": (), "apm_limit": 12,
-            **BEFORE_2026_12, "mixer_init": 1 << 14,
+            "mixer_init": 1 << 14, **BEFORE_2026_12,
         },
     ),
     # the defaults of the earlier presets (with small tables)
@@ -474,13 +464,11 @@ GOLDENS = {
         name.replace("-", "_"): _preset_golden(name, BEFORE_2026_12E)
         for name in ("l3-2026-12", "l3-2026-12b", "l3-2026-12c", "l3-2026-12d")
     },
-    "l3_2026_12e": _preset_golden("l3-2026-12e", BEFORE_2026_12F),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
-    "l3_2026_12e",
 )  # fmt: skip
 
 
