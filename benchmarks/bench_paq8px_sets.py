@@ -25,14 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def set_files(folder: Path) -> list[Path]:
-    """Every non-empty file of a set but its SOURCE.txt, sorted (as the other benchmarks)."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.name != "SOURCE.txt" and p.stat().st_size
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )  # fmt: skip
+from bench_cm_transformer import files_of  # the same file list as the held-out benchmarks
 
 
 def paq8px_bytes(path: Path, verify: bool) -> tuple[int, float]:
@@ -64,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     version = subprocess.run(["paq8px"], capture_output=True, text=True).stdout.splitlines()[0]
     rows: list[dict] = []
     for folder in args.sets:
-        files = set_files(folder)
+        files = [p for p in files_of([str(folder)]) if p.stat().st_size]
         print(f"{folder.name}: {len(files)} files", file=sys.stderr, flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(lambda p: paq8px_bytes(p, args.verify), files))
