@@ -57,7 +57,10 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
-       K_LAST = K_TOKRUN };
+       K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_LAST = K_ALIGN };
+#define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
+#define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
+#define IND4_BITS 18 /* ind4's table, by a hash of the last four bytes (IND4_BITS) */
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
 #define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
@@ -90,7 +93,7 @@ enum {
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
-    A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP,
+    A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -100,7 +103,7 @@ static const char *array_names[N_ARRAYS] = {
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
-    "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp",
+    "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -145,6 +148,14 @@ typedef struct {
     int uses_ktab;
     i64 *ind2; /* IND2_SIZE entries, shared: the last two bytes that followed each pair */
     int uses_ind2; /* the ind2 context is one of the kinds: only then is ind2 kept up */
+    /* shared like ind2: the last three bytes that followed each byte (256 entries), and
+     * the last two that followed each last-four-bytes hash (1 << IND4_BITS) */
+    i64 *ind1, *ind4;
+    int uses_ind1, uses_ind4;
+    /* align: per stream (4 each) its pointer (-1: none), run, wait, anchor */
+    i64 *align;
+    int uses_align;
+    i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
     i64 *stretch, *squash, *recip, *recip_apm, *mbucket, *lim, *ctxoff, *kinds, *seloff, *selkinds;
@@ -167,6 +178,8 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->key);
     PyMem_Free(self->ikey);
     PyMem_Free(self->ival);
+    PyMem_Free(self->xkey);
+    PyMem_Free(self->xval);
     PyMem_Free(self->fkey);
     PyMem_Free(self->tkey);
     PyMem_Free(self->kkey);
@@ -221,6 +234,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_TTAB] = (i64)1 << TTAB_BITS, [A_TKS] = b, [A_TKC] = b, [A_TOB] = b,
         [A_TABCMP] = b, [A_TOKCMP] = b, [A_TOKSEP] = b, [A_TOKDIFFS] = b,
         [A_KTAB] = (i64)1 << KTAB_BITS, [A_KVC] = b, [A_KVB] = b, [A_KVCMP] = b,
+        [A_IND1] = 256, [A_IND4] = (i64)1 << IND4_BITS, [A_ALIGN] = b * 4,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -256,7 +270,11 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->tob = V(A_TOB); self->tabcmp = V(A_TABCMP); self->tokcmp = V(A_TOKCMP);
     self->toksep = V(A_TOKSEP); self->tokdiffs = V(A_TOKDIFFS); self->ktab = V(A_KTAB);
     self->kvc = V(A_KVC); self->kvb = V(A_KVB); self->kvcmp = V(A_KVCMP);
+    self->ind1 = V(A_IND1); self->ind4 = V(A_IND4); self->align = V(A_ALIGN);
 #undef V
+    self->uses_ind1 = 0;
+    self->uses_ind4 = 0;
+    self->uses_align = 0;
     self->uses_ind2 = 0;
     self->uses_ftab = 0;
     self->uses_ttab = 0;
@@ -274,6 +292,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_ttab |= kd == K_TOKABOVE || kd == K_TOKCMP || kd == K_TOKRUN || kd == K_KEYVALUE;
         self->uses_ftab |= kd == K_TMPLABOVE || kd == K_TMPLCMP;
         self->uses_ind2 |= kd == K_IND2;
+        self->uses_ind1 |= kd == K_IND1;
+        self->uses_ind4 |= kd == K_IND4;
+        self->uses_align |= kd == K_ALIGN;
         if (kd < 0 || kd > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
@@ -289,12 +310,14 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->xkey = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
+    self->xval = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->tkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->fkey || !self->tkey || !self->kkey ||
+    if (!self->key || !self->ikey || !self->ival || !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
         !self->scratch ||
         !self->y) {
         PyErr_NoMemory();
@@ -403,6 +426,11 @@ static void entry_bytes(const Kernel *k, i64 i, i64 cand, i64 off, u64 out[2]) {
     bytes_at(k, i, (cand >> 16) - 1, cand & 0xFFFF, cand > 0, off, k->line[i] + k->col[i], out);
 }
 
+/* ind4's entry for the last four bytes of h8 */
+static inline i64 ind4_key(u64 h8) {
+    return (i64)((((h8 & 0xFFFFFFFF) + 1) * H2) >> (64 - IND4_BITS));
+}
+
 static void byte_contexts(Kernel *k, i64 i) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI];
     u64 h8 = k->h8[i], c1 = h8 & 0xFF;
@@ -471,6 +499,16 @@ static void byte_contexts(Kernel *k, i64 i) {
             v = ((((kv[0] << 9) | kv[1]) << 2) | (u64)k->kvcmp[i]) * H1;
             break;
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
+        case K_ALIGN: {
+            const i64 *a = k->align + 4 * i;
+            u64 ab = a[0] >= 0 ? k->hist[a[0]] : 256;
+            u64 r = a[1] < 15 ? (u64)a[1] : 15;
+            u64 agree = k->mok[i] && a[0] >= 0 && k->hist[k->mptr[i]] == ab;
+            v = ((((ab << 4 | r) << 1 | agree) << 8) | c1) * H1;
+            break;
+        }
+        case K_IND1: v = ((u64)k->ind1[c1] << 8) | c1; break;
+        case K_IND4: v = (((u64)k->ind4[ind4_key(h8)] << 8) | c1) * H1; break;
         case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];
             u64 mb = k->mok[i] ? k->hist[k->mptr[i]] : 256;
@@ -566,6 +604,14 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
             k->ikey[i] = ik;
             k->ival[i] = ((k->ind2[ik] << 8) | (i64)ub) & 0xFFFF;
         }
+        if (k->uses_ind1) { /* ... and the byte before it, and the four before it */
+            k->xkey[2 * i] = (i64)((h8 >> 8) & 0xFF);
+            k->xval[2 * i] = ((k->ind1[k->xkey[2 * i]] << 8) | (i64)ub) & 0xFFFFFF;
+        }
+        if (k->uses_ind4) {
+            k->xkey[2 * i + 1] = ind4_key(h8 >> 8);
+            k->xval[2 * i + 1] = ((k->ind4[k->xkey[2 * i + 1]] << 8) | (i64)ub) & 0xFFFF;
+        }
         int is_word = k->wordbyte[byte] != 0;
         u64 wordh = k->wordh[i];
         if (!is_word && wordh != 0) k->pword[i] = wordh;
@@ -656,11 +702,30 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         k->mlen[i] = mlen;
         k->mptr[i] = mptr;
         k->mok[i] = mlen > 0;
+        if (k->uses_align) {
+            i64 *a = k->align + 4 * i, ap = a[0];
+            if (ap >= 0 && (i64)hist[ap] == byte) {
+                a[0] = ((ap >> rb) << rb) + ((ap + 1) & ring_mask);
+                a[1] += 1;
+            } else if (ap >= 0) {
+                if (a[1] >= ALIGN_MIN) a[3] = ap, a[2] = 0; /* keep waiting here */
+                else if (a[1] > 0) a[0] = a[3], a[2] += 1; /* false start: back */
+                else a[2] += 1;
+                a[1] = 0;
+            }
+            if ((a[0] < 0 || (a[1] == 0 && a[2] > ALIGN_WAIT)) && mlen > 0) {
+                a[0] = mptr; a[1] = mlen > ALIGN_MIN ? mlen : ALIGN_MIN; a[2] = 0; a[3] = mptr;
+            }
+        }
     }
     /* Pass 3: the indirect table from values read before the step; streams that share a
      * pair write in row order, so the highest row's value stays (as in numpy). */
     if (k->uses_ind2)
         for (i64 i = 0; i < n; i++) k->ind2[k->ikey[i]] = k->ival[i];
+    if (k->uses_ind1)
+        for (i64 i = 0; i < n; i++) k->ind1[k->xkey[2 * i]] = k->xval[2 * i];
+    if (k->uses_ind4)
+        for (i64 i = 0; i < n; i++) k->ind4[k->xkey[2 * i + 1]] = k->xval[2 * i + 1];
     /* Pass 4: the field and token tables, then the match table record position pos + 1
      * where their keys say (all were read above). */
     if (k->uses_ftab) keep_latest(k->ftab, k->fkey, n, nxt);

@@ -70,7 +70,7 @@ CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
     "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
-    "keyvalue", "tokrun",
+    "keyvalue", "tokrun", "ind1", "ind4", "align",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -84,11 +84,12 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate,
     # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"]; tmplcmp and tokcmp
     # with PRESETS["l3-2026-12c"]; keyvalue, and tokrun in tokcmp's place, with
-    # PRESETS["l3-2026-12d"])
+    # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
         "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun",
+        "ind1", "ind4", "align",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -235,6 +236,12 @@ def _shape(h8: U64, k: int) -> U64:
 
 APM_POINTS = 24  # interpolation points per APM context (stretch domain, as lpaq1)
 IND2_SIZE = 1 << 16  # the indirect table: one entry per pair of bytes
+# align: a repeat that held ALIGN_MIN bytes is worth waiting for (at the byte it expected
+# when it broke) for ALIGN_WAIT missed bytes. On the whole corpus files, cm alone: wait
+# 16: 531,968 bytes, 32: 529,128, 64: 529,282; run 2: 528,968, 8: 529,170.
+ALIGN_MIN = 4
+ALIGN_WAIT = 32
+IND4_BITS = 18  # ind4's table: the last two bytes that followed each last-four-bytes hash
 #: The field table (tmplabove): a line's template up to a field's start -> where that
 #: field started last time, as (position + 1) << 16 | row (0: never).
 FTAB_BITS = 18
@@ -264,6 +271,12 @@ def _compare_step(state: I64, byte: I64, predicted: I64, separator: np.ndarray) 
         predicted == 256, CMP_NONE, np.where(byte > predicted, CMP_GREATER, CMP_LESS)
     )
     return np.where(separator, CMP_EQUAL, np.where(first, diff, state))
+
+
+def _ind4_key(h8: U64) -> I64:
+    """ind4's table entry for the last four bytes of each h8."""
+    h = ((h8 & _u64(0xFFFFFFFF)) + _u64(1)) * _u64(_H2)
+    return (h >> _u64(64 - IND4_BITS)).astype(np.int64)
 
 
 def _u64(x: npt.ArrayLike) -> U64:
@@ -350,6 +363,9 @@ class ContextMixPredictor(Predictor):
         # Keep the canonical context order so descriptors compare equal.
         self.contexts = tuple(c for c in CONTEXT_NAMES if c in contexts)
         self._uses_ind2 = "ind2" in self.contexts  # only then is the indirect table kept up
+        self._uses_ind1 = "ind1" in self.contexts
+        self._uses_ind4 = "ind4" in self.contexts
+        self._uses_align = "align" in self.contexts
         self.mixer_contexts = tuple(m for m in MIXER_SELECTORS if m in sel)
         # ... and the field table (for the tmplabove context or the tabove selector)
         self._uses_ftab = bool({"tmplabove", "tmplcmp"} & set(self.contexts)) or (
@@ -575,6 +591,11 @@ class ContextMixPredictor(Predictor):
         # The indirect table (ind2): the last two bytes that followed each pair of bytes,
         # shared by the streams and learned like the counters.
         self._ind2 = np.zeros(IND2_SIZE, dtype=np.int64)
+        # ind1 and ind4 likewise: the last three bytes that followed each byte, and the
+        # last two that followed each last four bytes (by a hash, IND4_BITS)
+        self._ind1 = np.zeros(256, dtype=np.int64)
+        self._ind4 = np.zeros(1 << IND4_BITS, dtype=np.int64)  # (calloc: pages untouched
+        # without the context cost nothing)
         self.begin(0)
 
     def begin(self, n_streams: int) -> None:
@@ -669,6 +690,8 @@ class ContextMixPredictor(Predictor):
         self._mlen = np.zeros(b, dtype=np.int64)
         self._mptr = np.zeros(b, dtype=np.int64)  # flat index into _hist of the predicted byte
         self._mok = np.zeros(b, dtype=bool)  # a match predicts, and agrees with the bits so far
+        self._align = np.zeros((b, 4), dtype=np.int64)
+        self._align[:, 0] = -1
 
     def _bind_kernel(self) -> Any:
         """The C kernel, bound to this frame's arrays (begin and reset make new ones)."""
@@ -685,6 +708,7 @@ class ContextMixPredictor(Predictor):
             self._ptmpl, self._cfields, self._pfields, self._ftab, self._tfs, self._tab,
             self._ttab, self._tks, self._tkc, self._tob, self._tabcmp, self._tokcmp,
             self._toksep, self._tokdiffs, self._ktab, self._kvc, self._kvb, self._kvcmp,
+            self._ind1, self._ind4, self._align,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -700,6 +724,10 @@ class ContextMixPredictor(Predictor):
         digest = hashlib.sha256(self._t.astype("<i8").tobytes())
         if self._uses_ind2:  # (without the context the table stays zero, and is not hashed)
             digest.update(self._ind2.astype("<i8").tobytes())
+        if self._uses_ind1:
+            digest.update(self._ind1.astype("<i8").tobytes())
+        if self._uses_ind4:
+            digest.update(self._ind4.astype("<i8").tobytes())
         return digest.hexdigest()
 
     # ------------------------------------------------------------ per-byte work
@@ -775,6 +803,18 @@ class ContextMixPredictor(Predictor):
             elif c == "keyvalue":  # the key's last value: two bytes, and how this compares
                 h = (((kv[0] << _u64(9)) | kv[1]) << _u64(2)) | self._kvcmp[:n].astype(np.uint64)
                 v = h * _u64(_H1)
+            elif c == "ind1":  # the last byte and the three that followed it the last times
+                v = (self._ind1[c1.astype(np.int64)].astype(np.uint64) << _u64(8)) | c1
+            elif c == "ind4":  # the two bytes that followed the last four, the last byte
+                v4 = self._ind4[_ind4_key(h8)].astype(np.uint64)
+                v = ((v4 << _u64(8)) | c1) * _u64(_H1)
+            elif c == "align":  # the byte the align pointer expects, its run, the match's agreement
+                ap = self._align[:n, 0]
+                ab = np.where(ap >= 0, self._hist[np.maximum(ap, 0)].astype(np.int64), 256)
+                r = np.minimum(self._align[:n, 1], 15)
+                agree = mok & (ap >= 0) & (mbyte == ab)
+                v = ((((ab << 4) | r) << 1 | agree) << 8).astype(np.uint64) | c1
+                v = v * _u64(_H1)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -927,6 +967,16 @@ class ContextMixPredictor(Predictor):
             ival = ((self._ind2[pair] << 8) | byte) & 0xFFFF
             last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
             self._ind2[pair[last]] = ival[last]
+        if self._uses_ind1:  # ... and the byte before it
+            prev = (self._h8[:n] & _u64(0xFF)).astype(np.int64)
+            ival = ((self._ind1[prev] << 8) | byte) & 0xFFFFFF
+            last = n - 1 - np.unique(prev[::-1], return_index=True)[1]
+            self._ind1[prev[last]] = ival[last]
+        if self._uses_ind4:  # ... and the four bytes before it
+            key = _ind4_key(self._h8[:n])
+            ival = ((self._ind4[key] << 8) | byte) & 0xFFFF
+            last = n - 1 - np.unique(key[::-1], return_index=True)[1]
+            self._ind4[key[last]] = ival[last]
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
         token_end = ~ALNUM[byte]  # fields end at a space or a newline, tokens at any non-alnum
         if self._uses_tabcmp:
@@ -1033,7 +1083,33 @@ class ContextMixPredictor(Predictor):
         self._mlen[:n] = mlen
         self._mptr[:n] = mptr
         self._mok[:n] = mlen > 0
+        if self._uses_align:
+            self._align_step(n, byte, mlen, mptr)
         self._step += 1
+
+    def _align_step(self, n: int, byte: I64, mlen: I64, mptr: I64) -> None:
+        """The align pointer after `byte` (see ALIGN_MIN): follow the repeat while it
+        holds; after one that held ALIGN_MIN bytes breaks, stay at the byte it expected,
+        for the repeat to go on after an insertion; a shorter run starts over from there.
+        Idle for ALIGN_WAIT missed bytes (or never set), it takes the match model's."""
+        a = self._align[:n]
+        ap, run, wait, anchor = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+        has = ap >= 0
+        hit = has & (self._hist[np.maximum(ap, 0)] == byte)
+        miss = has & ~hit
+        freeze = miss & (run >= ALIGN_MIN)
+        restart = miss & ~freeze  # a short run (back to the anchor) or none
+        bits = self._ring_bits
+        nxt_ap = ((ap >> bits) << bits) + ((ap + 1) & (self._ring - 1))
+        ap = np.where(hit, nxt_ap, np.where(restart & (run > 0), anchor, ap))
+        anchor = np.where(freeze, a[:, 0], anchor)
+        wait = np.where(freeze, 0, wait + restart)
+        run = np.where(hit, run + 1, np.where(miss, 0, run))
+        adopt = ((ap < 0) | ((run == 0) & (wait > ALIGN_WAIT))) & (mlen > 0)
+        a[:, 0] = np.where(adopt, mptr, ap)
+        a[:, 1] = np.where(adopt, np.maximum(mlen, ALIGN_MIN), run)
+        a[:, 2] = np.where(adopt, 0, wait)
+        a[:, 3] = np.where(adopt, mptr, anchor)
 
     # ---------------------------------------------------------------- lockstep
 
@@ -1465,3 +1541,11 @@ PRESETS["l3-2026-12d+external"] = {**PRESETS["l3-2026-12d"], "external_input": T
 # sample: 410,546 -> 408,254 bytes, -0.6%; whole files -0.8%)
 PRESETS["l3-2026-12e"] = {**PRESETS["l3-2026-12d"], "mixer_decay": MIXER_DECAY}
 PRESETS["l3-2026-12e+external"] = {**PRESETS["l3-2026-12e"], "external_input": True}
+# two more indirect contexts and the align pointer, which waits out insertions in a repeat
+# (whole corpus files, cm alone: 531,910 -> 525,536 bytes, -1.2%). ("l3-2026-12f" was
+# committed and reverted on 2026-12-05: the name is not reused.)
+PRESETS["l3-2026-12g"] = {
+    **PRESETS["l3-2026-12e"],
+    "contexts": PRESETS["l3-2026-12e"]["contexts"] + ["ind1", "ind4", "align"],
+}  # fmt: skip
+PRESETS["l3-2026-12g+external"] = {**PRESETS["l3-2026-12g"], "external_input": True}

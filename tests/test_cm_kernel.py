@@ -33,7 +33,7 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 STATE = (
     "_c0 _c0n _h8 _wordh _pword _col _field _line _pline _above _hist _mtab _mlen _mptr _mok"
     " _tmpl _ptmpl _cfields _pfields _ftab _tfs _tab _ttab _tks _tkc _tob _tabcmp _tokcmp"
-    " _toksep _tokdiffs _ktab _kvc _kvb _kvcmp"
+    " _toksep _tokdiffs _ktab _kvc _kvb _kvcmp _ind1 _ind4 _align"
 ).split()
 
 
@@ -94,6 +94,12 @@ INPUTS = {
     "linux": lambda n: loghub("Linux_2k.log", 50_000, n),
     "random": lambda n: random.Random(7).randbytes(n),
     "all_values": lambda n: (bytes(range(256)) + bytes(range(255, -1, -1))) * (n // 512 + 1),
+    # a list, then the list again with a prefix before every item (the align pointer)
+    "inserted": lambda n: (
+        b"; ".join(b"id%d=%s" % (i, b"ab" * (i % 5)) for i in range(n // 12))
+        + b"\n"
+        + b"; ".join(b"[x] id%d=%s" % (i, b"ab" * (i % 5)) for i in range(n // 12))
+    ),
     "runs": lambda n: (
         (b"\x00" * 300 + b"\xff" * 200 + b"\n" * 50 + b" " * 50 + b"a" * 400) * (n // 1000 + 1)
     ),
