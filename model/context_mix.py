@@ -198,6 +198,10 @@ def recip_table(offset: int) -> I64:
 OLD_RATE_OFFSET = 30  # 1/(n + 1.5): what an archive without the offsets used
 
 MIXER_DECAY = 65536  # the default `mixer_decay` of level 3 (0: archives without it)
+# ... and its `counter_offset` and `mixer_init` since l3-2026-12g (23 and 8000 before,
+# and still at levels 1 and 2): whole corpus files, cm alone, 525,536 -> 524,408 bytes
+COUNTER_OFFSET = 22
+MIXER_INIT = 6000
 
 
 def mixer_rate(decay: int, pos: int) -> int:
@@ -301,12 +305,12 @@ class ContextMixPredictor(Predictor):
         match_min: int = 6,
         counter_limit: int = 255,
         mixer_shift: int = 13,
-        mixer_init: int = 8000,
+        mixer_init: int | None = None,
         apm_limit: int = 127,
         mixer_contexts: tuple[str, ...] | list[str] | None = None,
         external_input: bool = False,
         slot_check: bool = True,
-        counter_offset: int = 23,
+        counter_offset: int | None = None,
         apm_offset: int = 400,
         carry_history: bool = True,
         mixer_decay: int | None = None,
@@ -322,8 +326,15 @@ class ContextMixPredictor(Predictor):
         elif level is not None:
             raise ValueError("give either level or contexts, not both")
         contexts = tuple(contexts)
-        if mixer_decay is None:  # levels 1 and 2 learn best at a constant rate (below)
-            mixer_decay = 0 if contexts in (LEVELS[1], LEVELS[2]) else MIXER_DECAY
+        # levels 1 and 2 learn best at a constant rate (below), and keep the counter rate
+        # and first weights they had before level 3 retuned them (PRESETS["l3-2026-12g"])
+        low_level = contexts in (LEVELS[1], LEVELS[2])
+        if mixer_decay is None:
+            mixer_decay = 0 if low_level else MIXER_DECAY
+        if counter_offset is None:
+            counter_offset = 23 if low_level else COUNTER_OFFSET
+        if mixer_init is None:
+            mixer_init = 8000 if low_level else MIXER_INIT
         if mixer_contexts is None:
             with_tabove = "tmplabove" in tuple(contexts)
             sel = TEMPLATE_MIXER_SELECTORS if with_tabove else DEFAULT_MIXER_SELECTORS
@@ -1542,10 +1553,12 @@ PRESETS["l3-2026-12d+external"] = {**PRESETS["l3-2026-12d"], "external_input": T
 PRESETS["l3-2026-12e"] = {**PRESETS["l3-2026-12d"], "mixer_decay": MIXER_DECAY}
 PRESETS["l3-2026-12e+external"] = {**PRESETS["l3-2026-12e"], "external_input": True}
 # two more indirect contexts and the align pointer, which waits out insertions in a repeat
-# (whole corpus files, cm alone: 531,910 -> 525,536 bytes, -1.2%). ("l3-2026-12f" was
-# committed and reverted on 2026-12-05: the name is not reused.)
+# (whole corpus files, cm alone: 531,910 -> 525,536 bytes, -1.2%), then counter_offset 22
+# and mixer_init 6000 (524,408). ("l3-2026-12f", which had these two and match_min 4,
+# was committed and reverted on 2026-12-05: the name is not reused.)
 PRESETS["l3-2026-12g"] = {
     **PRESETS["l3-2026-12e"],
     "contexts": PRESETS["l3-2026-12e"]["contexts"] + ["ind1", "ind4", "align"],
+    "counter_offset": COUNTER_OFFSET, "mixer_init": MIXER_INIT,
 }  # fmt: skip
 PRESETS["l3-2026-12g+external"] = {**PRESETS["l3-2026-12g"], "external_input": True}

@@ -27,10 +27,12 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 # descriptor: off / the one rate of then).
 BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
-    "mixer_decay": 0,
+    "mixer_decay": 0, "mixer_init": 8000,
 }  # fmt: skip
 # ... and mixer_decay, added with preset l3-2026-12e (absent: a constant mixer rate).
-BEFORE_2026_12E: dict[str, Any] = {"mixer_decay": 0}
+BEFORE_2026_12E: dict[str, Any] = {"mixer_decay": 0, "counter_offset": 23, "mixer_init": 8000}
+# ... and the counter rate and first weights level 3 had before l3-2026-12g
+BEFORE_2026_12G: dict[str, Any] = {"counter_offset": 23, "mixer_init": 8000}
 
 
 def small(**kw: Any) -> ContextMixPredictor:
@@ -308,7 +310,7 @@ def test_descriptor_without_rate_offsets_means_the_first_rate() -> None:
     back = from_descriptor(old.descriptor())
     assert (back.counter_offset, back.apm_offset) == (30, 30)
     new = from_descriptor(small().descriptor())
-    assert (new.counter_offset, new.apm_offset) == (23, 400)
+    assert (new.counter_offset, new.apm_offset) == (context_mix.COUNTER_OFFSET, 400) == (22, 400)
     for bad in ({"counter_offset": 20}, {"apm_offset": 4001}, {"counter_offset": 23.0}):
         with pytest.raises(CorruptInputError):
             from_descriptor(_bad(**bad))
@@ -487,7 +489,7 @@ GOLDENS = {
         GOLDEN,
         {
             "contexts": FIRST_LEVEL3, "mixer_contexts": (), "apm_limit": 12,
-            "mixer_init": 1 << 14, **BEFORE_2026_12,
+            **BEFORE_2026_12, "mixer_init": 1 << 14,
         },
     ),
     # the defaults of the earlier presets (with small tables)
@@ -496,7 +498,7 @@ GOLDENS = {
         name.replace("-", "_"): _preset_golden(name, BEFORE_2026_12E)
         for name in ("l3-2026-12", "l3-2026-12b", "l3-2026-12c", "l3-2026-12d")
     },
-    "l3_2026_12e": _preset_golden("l3-2026-12e", {}),
+    "l3_2026_12e": _preset_golden("l3-2026-12e", BEFORE_2026_12G),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
@@ -556,7 +558,9 @@ def test_carry_history_continues_the_streams_of_the_last_frame() -> None:
         blob = tinyzip.compress(a + a, model=small(carry_history=carry), frame_size=len(a))
         assert tinyzip.decompress(blob) == a + a
         sizes[carry] = len(blob)
-    assert sizes[True] < sizes[False] * 0.97, sizes  # (875 against 938 bytes when written)
+    # (875 against 938 bytes when written; 909 against 936 with l3-2026-12g, whose align
+    # and indirect contexts learn some of what the carried history gives)
+    assert sizes[True] < sizes[False] * 0.98, sizes
 
 
 @pytest.mark.skipif(context_mix._cm_kernel is None, reason="needs the compiled kernel")
