@@ -60,6 +60,7 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_LAST = K_ALIGN };
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
+#define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
 #define IND4_BITS 18 /* ind4's table, by a hash of the last four bytes (IND4_BITS) */
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
@@ -93,7 +94,7 @@ enum {
     A_STRETCH, A_SQUASH, A_RECIP, A_MBUCKET, A_WORDBYTE, A_LIM, A_CTXOFF, A_KINDS,
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
-    A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN,
+    A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
     N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
@@ -103,7 +104,7 @@ static const char *array_names[N_ARRAYS] = {
     "STRETCH", "SQUASH", "RECIP", "MATCH_BUCKET", "WORD_BYTE", "lim", "ctx_off", "kinds",
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
-    "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align",
+    "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -114,7 +115,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_TABOVE, S_LAST 
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
     P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
-    P_SLOTCHECK, P_POS0, P_MIXDECAY,
+    P_SLOTCHECK, P_POS0, P_MIXDECAY, P_APM3,
     N_PARAMS
 };
 
@@ -155,6 +156,9 @@ typedef struct {
     /* align: per stream (4 each) its pointer (-1: none), run, wait, anchor */
     i64 *align;
     int uses_align;
+    /* apm_match: the third APM's table (APM3_SIZE contexts of APM_POINTS), and per
+     * stream the two points predict read (index, value) for update */
+    i64 *apm3, *a3idx, *a3val;
     i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
@@ -178,6 +182,8 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->key);
     PyMem_Free(self->ikey);
     PyMem_Free(self->ival);
+    PyMem_Free(self->a3idx);
+    PyMem_Free(self->a3val);
     PyMem_Free(self->xkey);
     PyMem_Free(self->xval);
     PyMem_Free(self->fkey);
@@ -212,7 +218,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->prm[P_MATCHMIN] < 1 || self->prm[P_MATCHMIN] > 8 || self->prm[P_MIXSHIFT] < 1 ||
         self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40 ||
         self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1 || self->prm[P_POS0] < 0 ||
-        self->prm[P_MIXDECAY] < 0 || self->prm[P_MIXDECAY] > ((i64)1 << 30)) {
+        self->prm[P_MIXDECAY] < 0 || self->prm[P_MIXDECAY] > ((i64)1 << 30) ||
+        self->prm[P_APM3] < 0 || self->prm[P_APM3] > 1) {
         PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
         return -1;
     }
@@ -235,6 +242,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_TABCMP] = b, [A_TOKCMP] = b, [A_TOKSEP] = b, [A_TOKDIFFS] = b,
         [A_KTAB] = (i64)1 << KTAB_BITS, [A_KVC] = b, [A_KVB] = b, [A_KVCMP] = b,
         [A_IND1] = 256, [A_IND4] = (i64)1 << IND4_BITS, [A_ALIGN] = b * 4,
+        [A_APM3] = self->prm[P_APM3] ? APM3_SIZE * APM_POINTS : 0,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -270,7 +278,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->tob = V(A_TOB); self->tabcmp = V(A_TABCMP); self->tokcmp = V(A_TOKCMP);
     self->toksep = V(A_TOKSEP); self->tokdiffs = V(A_TOKDIFFS); self->ktab = V(A_KTAB);
     self->kvc = V(A_KVC); self->kvb = V(A_KVB); self->kvcmp = V(A_KVCMP);
-    self->ind1 = V(A_IND1); self->ind4 = V(A_IND4); self->align = V(A_ALIGN);
+    self->ind1 = V(A_IND1); self->ind4 = V(A_IND4); self->align = V(A_ALIGN); self->apm3 = V(A_APM3);
 #undef V
     self->uses_ind1 = 0;
     self->uses_ind4 = 0;
@@ -310,6 +318,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->a3idx = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
+    self->a3val = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->xkey = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->xval = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
@@ -317,7 +327,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
+    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val || !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
         !self->scratch ||
         !self->y) {
         PyErr_NoMemory();
@@ -820,7 +830,23 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             s_apm += (u64)pc[capm + m] * (u64)(wt * apm_wmul[m] + apm_wadd[m]);
         }
         k->p12[i] = p12;
-        p16out[i] = asr((i64)(((u64)p12 << P_BITS) + s_apm), P_BITS - 16 + 12 + 2);
+        if (!k->prm[P_APM3]) {
+            p16out[i] = asr((i64)(((u64)p12 << P_BITS) + s_apm), P_BITS - 16 + 12 + 2);
+            continue;
+        }
+        /* apm_match: a third APM by the byte the match predicts (while it agrees), its
+         * length bucket and the partial byte; (mixer + APM1 + 2 APM2 + 2 APM3) / 6 */
+        u64 mb = mok ? (u64)k->hist[k->mptr[i]] : 256, lb = mok ? (u64)(k->wsel[i] >> 8) : 0;
+        u64 h3 = ((mb << 2 | lb) << 8) | (u64)c0;
+        i64 a3 = (i64)(((h3 + 1) * H1) >> 48) * APM_POINTS + (posn >> 12);
+        u64 s3 = 0;
+        for (int m = 0; m < 2; m++) {
+            k->a3idx[2 * i + m] = a3 + m;
+            k->a3val[2 * i + m] = k->apm3[a3 + m];
+            s3 += (u64)clip_p(k->apm3[a3 + m]) * (u64)(m ? 2 * wt : 8192 - 2 * wt);
+        }
+        i64 p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3) / 6) >> (P_BITS - 16 + 12));
+        p16out[i] = p16 < 4 ? 4 : (p16 > 65531 ? 65531 : p16);
     }
     return bad ? -1 : 0;
 }
@@ -852,6 +878,13 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[j]);
             t[idx[j]] += (u64)d;
         }
+        if (k->prm[P_APM3]) /* its points like the other APMs' */
+            for (int m = 0; m < 2; m++) {
+                i64 v = k->a3val[2 * i + m], cnt = v & N_MASK;
+                i64 d = ((yi << P_BITS) - clip_p(v)) * k->recip_apm[cnt];
+                d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[cw - 1]);
+                ((u64 *)k->apm3)[k->a3idx[2 * i + m]] += (u64)d;
+            }
         /* Mixer: gradient step on coding cost, err in 12-bit probability units times the
          * rate (16ths), so shift is mixer_shift + 4. */
         i64 err = ((yi << 12) - k->p12[i]) * rate;

@@ -27,12 +27,15 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 # descriptor: off / the one rate of then).
 BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
-    "mixer_decay": 0, "mixer_init": 8000,
+    "mixer_decay": 0, "mixer_init": 8000, "apm_match": False,
 }  # fmt: skip
 # ... and mixer_decay, added with preset l3-2026-12e (absent: a constant mixer rate).
-BEFORE_2026_12E: dict[str, Any] = {"mixer_decay": 0, "counter_offset": 23, "mixer_init": 8000}
-# ... and the counter rate and first weights level 3 had before l3-2026-12g
-BEFORE_2026_12G: dict[str, Any] = {"counter_offset": 23, "mixer_init": 8000}
+BEFORE_2026_12E: dict[str, Any] = {
+    "mixer_decay": 0, "counter_offset": 23, "mixer_init": 8000, "apm_match": False,
+}  # fmt: skip
+# ... and the counter rate and first weights level 3 had before l3-2026-12g, without the
+# match APM it added
+BEFORE_2026_12G: dict[str, Any] = {"counter_offset": 23, "mixer_init": 8000, "apm_match": False}
 
 
 def small(**kw: Any) -> ContextMixPredictor:
@@ -248,7 +251,7 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     # every parameter but external_input, which only cm+transformer's cm sets
     assert set(desc["params"]) == context_mix._PARAM_NAMES | {
         "mixer_contexts", "slot_check", "counter_offset", "apm_offset", "carry_history",
-        "mixer_decay"}  # fmt: skip
+        "mixer_decay", "apm_match"}  # fmt: skip
     assert set(small(external_input=True).descriptor()["params"]) == (
         context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     )
@@ -290,7 +293,8 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # the default until l3-2026-12g: without ind1, ind4 and align
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12e"})
     assert dec.contexts + ("ind1", "ind4", "align") == pred.contexts
-    assert dec.mixer_decay == pred.mixer_decay
+    assert dec.mixer_decay == pred.mixer_decay and not dec.apm_match and pred.apm_match
+    assert (dec.counter_offset, dec.mixer_init) == (23, 8000)
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
@@ -410,6 +414,8 @@ def test_align_waits_out_insertions_in_a_repeat() -> None:
         pytest.param(_bad(table_bits="22"), id="string_param"),
         pytest.param(_bad(table_bits=True), id="bool_param"),
         pytest.param(_bad(mixer_shift=-1), id="negative_param"),
+        pytest.param(_bad(apm_match=1), id="apm_match_not_true"),
+        pytest.param(_bad(apm_match=False), id="apm_match_false_spelled_out"),
         pytest.param(_bad(contexts=["o1", "o99"]), id="unknown_context"),
         pytest.param(_bad(contexts=[]), id="no_context"),
         pytest.param(_bad(contexts="o1"), id="contexts_not_list"),
