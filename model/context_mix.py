@@ -716,6 +716,8 @@ class ContextMixPredictor(Predictor):
         self._mlen = np.zeros(b, dtype=np.int64)
         self._mptr = np.zeros(b, dtype=np.int64)  # flat index into _hist of the predicted byte
         self._mok = np.zeros(b, dtype=bool)  # a match predicts, and agrees with the bits so far
+        # The align pointer (_align_step): per stream its position in _hist (-1: none), its
+        # run, how many bytes it has waited, and the anchor it waits at.
         self._align = np.zeros((b, 4), dtype=np.int64)
         self._align[:, 0] = -1
 
