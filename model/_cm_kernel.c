@@ -83,6 +83,12 @@ static inline i64 clip_p(i64 v) {
     v = asr(v, N_BITS);
     return v < 0 ? 0 : (v > P_MAX ? P_MAX : v);
 }
+/* A counter's step toward bit y: from entry v (probability p, clipped), p moves by
+ * 1/(count + offset) (the recip table of that offset), the count grows up to lim. */
+static inline i64 counter_delta(i64 v, i64 p, i64 y, const i64 *recip, i64 lim) {
+    i64 cnt = v & N_MASK;
+    return shl(asr(((y << P_BITS) - p) * recip[cnt], 16), N_BITS) + (cnt < lim);
+}
 
 /* The arrays, in the order of the tuple given to Kernel(): name, item size, items per
  * stream (0: a fixed count given in need[] at bind time). */
@@ -327,9 +333,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val || !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
-        !self->scratch ||
-        !self->y) {
+    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val ||
+        !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
+        !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
     }
@@ -872,18 +878,14 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
         /* Counters (contexts, match, APM points): toward the bit by 1/(count + offset),
          * the contexts' and match's offset first, then the APM points'. */
         for (i64 j = 0; j < cw; j++) {
-            i64 cnt = val[j] & N_MASK;
             const i64 *recip = j < k->prm[P_CAPM] ? k->recip : k->recip_apm;
-            i64 d = ((yi << P_BITS) - pc[j]) * recip[cnt];
-            d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[j]);
-            t[idx[j]] += (u64)d;
+            t[idx[j]] += (u64)counter_delta(val[j], pc[j], yi, recip, k->lim[j]);
         }
         if (k->prm[P_APM3]) /* its points like the other APMs' */
             for (int m = 0; m < 2; m++) {
-                i64 v = k->a3val[2 * i + m], cnt = v & N_MASK;
-                i64 d = ((yi << P_BITS) - clip_p(v)) * k->recip_apm[cnt];
-                d = shl(asr(d, 16), N_BITS) + (cnt < k->lim[cw - 1]);
-                ((u64 *)k->apm3)[k->a3idx[2 * i + m]] += (u64)d;
+                i64 v = k->a3val[2 * i + m];
+                ((u64 *)k->apm3)[k->a3idx[2 * i + m]] +=
+                    (u64)counter_delta(v, clip_p(v), yi, k->recip_apm, k->lim[cw - 1]);
             }
         /* Mixer: gradient step on coding cost, err in 12-bit probability units times the
          * rate (16ths), so shift is mixer_shift + 4. */

@@ -278,6 +278,13 @@ def _compare_step(state: I64, byte: I64, predicted: I64, separator: np.ndarray) 
     return np.where(separator, CMP_EQUAL, np.where(first, diff, state))
 
 
+def _write_highest_row(table: I64, keys: I64, vals: I64) -> None:
+    """table[keys] = vals where, for a key several streams share, the highest row's value
+    stays (as the C kernel writing in row order)."""
+    last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+    table[keys[last]] = vals[last]
+
+
 def _ind4_key(h8: U64) -> I64:
     """ind4's table entry for the last four bytes of each h8."""
     h = ((h8 & _u64(0xFFFFFFFF)) + _u64(1)) * _u64(_H2)
@@ -994,19 +1001,13 @@ class ContextMixPredictor(Predictor):
         # the highest row (the C kernel writes in row order).
         if self._uses_ind2:
             pair = (self._h8[:n] & _u64(0xFFFF)).astype(np.int64)
-            ival = ((self._ind2[pair] << 8) | byte) & 0xFFFF
-            last = n - 1 - np.unique(pair[::-1], return_index=True)[1]
-            self._ind2[pair[last]] = ival[last]
+            _write_highest_row(self._ind2, pair, ((self._ind2[pair] << 8) | byte) & 0xFFFF)
         if self._uses_ind1:  # ... and the byte before it
             prev = (self._h8[:n] & _u64(0xFF)).astype(np.int64)
-            ival = ((self._ind1[prev] << 8) | byte) & 0xFFFFFF
-            last = n - 1 - np.unique(prev[::-1], return_index=True)[1]
-            self._ind1[prev[last]] = ival[last]
+            _write_highest_row(self._ind1, prev, ((self._ind1[prev] << 8) | byte) & 0xFFFFFF)
         if self._uses_ind4:  # ... and the four bytes before it
             key = _ind4_key(self._h8[:n])
-            ival = ((self._ind4[key] << 8) | byte) & 0xFFFF
-            last = n - 1 - np.unique(key[::-1], return_index=True)[1]
-            self._ind4[key[last]] = ival[last]
+            _write_highest_row(self._ind4, key, ((self._ind4[key] << 8) | byte) & 0xFFFF)
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
         token_end = ~ALNUM[byte]  # fields end at a space or a newline, tokens at any non-alnum
         if self._uses_tabcmp:
@@ -1294,7 +1295,7 @@ class ContextMixPredictor(Predictor):
             a3 = ((h3 + _u64(1)) * _u64(_H1) >> _u64(48)).astype(np.int64) * APM_POINTS
             self._a3idx = (a3 + (posn >> 12))[:, None] + np.arange(2)
             self._a3val = self._apm3[self._a3idx]
-            p3 = np.clip(self._a3val >> N_BITS, 0, P_MAX)
+            p3 = self._a3p = np.clip(self._a3val >> N_BITS, 0, P_MAX)  # (kept for update)
             s3 = p3[:, 0] * (8192 - 2 * wt) + p3[:, 1] * (2 * wt)
             p16 = np.clip((((p12 << P_BITS) + s_apm + s3) // 6) >> (P_BITS - 16 + 12), 4, 65531)
         self._p12 = p12
@@ -1435,8 +1436,7 @@ class ContextMixPredictor(Predictor):
         np.add.at(self._t, self._idx[:n].ravel(), dlt.ravel())
         if self.apm_match:  # its points like the other APMs'
             cnt3 = self._a3val & N_MASK
-            p3 = np.clip(self._a3val >> N_BITS, 0, P_MAX)
-            d3 = (((y << P_BITS)[:, None] - p3) * self._recip_apm[cnt3]) >> 16
+            d3 = (((y << P_BITS)[:, None] - self._a3p) * self._recip_apm[cnt3]) >> 16
             d3 = (d3 << N_BITS) + (cnt3 < self.apm_limit)
             np.add.at(self._apm3, self._a3idx.ravel(), d3.ravel())
         # Partial byte and nibble; the match stays on only while its bits were right.

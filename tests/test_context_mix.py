@@ -29,13 +29,11 @@ BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
     "mixer_decay": 0, "mixer_init": 8000, "apm_match": False,
 }  # fmt: skip
-# ... and mixer_decay, added with preset l3-2026-12e (absent: a constant mixer rate).
-BEFORE_2026_12E: dict[str, Any] = {
-    "mixer_decay": 0, "counter_offset": 23, "mixer_init": 8000, "apm_match": False,
-}  # fmt: skip
-# ... and the counter rate and first weights level 3 had before l3-2026-12g, without the
-# match APM it added
+# The counter rate and first weights level 3 had before l3-2026-12g, without the match
+# APM it added; and before that mixer_decay, added with preset l3-2026-12e (absent: a
+# constant mixer rate).
 BEFORE_2026_12G: dict[str, Any] = {"counter_offset": 23, "mixer_init": 8000, "apm_match": False}
+BEFORE_2026_12E: dict[str, Any] = {**BEFORE_2026_12G, "mixer_decay": 0}
 
 
 def small(**kw: Any) -> ContextMixPredictor:
