@@ -79,6 +79,8 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12e+external", "version": 1}},
     {"name": "cm", "preset": "l3-2026-12g", "version": 1},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12g+external", "version": 1}},
+    {"name": "cm", "preset": "l3-2026-12h", "version": 1},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12h+external", "version": 1}},
 )
 
 KIND_FRAME = 0x01

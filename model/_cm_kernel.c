@@ -61,6 +61,7 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
+#define APM4_SIZE 4096 /* apm_miss: contexts of the fourth APM (partial byte, miss state) */
 #define IND4_BITS 18 /* ind4's table, by a hash of the last four bytes (IND4_BITS) */
 #define IND2_SIZE 65536 /* the indirect table: one entry per pair of bytes */
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
@@ -101,7 +102,7 @@ enum {
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
-    N_ARRAYS
+    A_APM4, A_MISSES, N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
     "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
@@ -111,6 +112,7 @@ static const char *array_names[N_ARRAYS] = {
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
     "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
+    "apm4", "misses",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -121,7 +123,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_TABOVE, S_LAST 
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
     P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
-    P_SLOTCHECK, P_POS0, P_MIXDECAY, P_APM3,
+    P_SLOTCHECK, P_POS0, P_MIXDECAY, P_APM3, P_APM4, P_XRATE,
     N_PARAMS
 };
 
@@ -165,6 +167,10 @@ typedef struct {
     /* apm_match: the third APM's table (APM3_SIZE contexts of APM_POINTS), and per
      * stream the two points predict read (index, value) for update */
     i64 *apm3, *a3idx, *a3val;
+    /* apm_miss: the fourth APM's table (APM4_SIZE contexts of APM_POINTS), per stream the
+     * history of mispredicted bits (newest lowest), and per step the first point predict
+     * read and the final probability (for update) */
+    i64 *apm4, *misses, *a4idx, *a4val, *p16last;
     i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
@@ -190,6 +196,9 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->ival);
     PyMem_Free(self->a3idx);
     PyMem_Free(self->a3val);
+    PyMem_Free(self->a4idx);
+    PyMem_Free(self->a4val);
+    PyMem_Free(self->p16last);
     PyMem_Free(self->xkey);
     PyMem_Free(self->xval);
     PyMem_Free(self->fkey);
@@ -225,7 +234,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->prm[P_MIXSHIFT] > 40 || self->prm[P_TABLEBITS] < 5 || self->prm[P_TABLEBITS] > 40 ||
         self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1 || self->prm[P_POS0] < 0 ||
         self->prm[P_MIXDECAY] < 0 || self->prm[P_MIXDECAY] > ((i64)1 << 30) ||
-        self->prm[P_APM3] < 0 || self->prm[P_APM3] > 1) {
+        self->prm[P_APM3] < 0 || self->prm[P_APM3] > 1 || self->prm[P_APM4] < 0 ||
+        self->prm[P_APM4] > self->prm[P_APM3] || self->prm[P_XRATE] < 1 || self->prm[P_XRATE] > 16) {
         PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
         return -1;
     }
@@ -249,6 +259,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_KTAB] = (i64)1 << KTAB_BITS, [A_KVC] = b, [A_KVB] = b, [A_KVCMP] = b,
         [A_IND1] = 256, [A_IND4] = (i64)1 << IND4_BITS, [A_ALIGN] = b * 4,
         [A_APM3] = self->prm[P_APM3] ? APM3_SIZE * APM_POINTS : 0,
+        [A_APM4] = self->prm[P_APM4] ? APM4_SIZE * APM_POINTS : 0, [A_MISSES] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -285,6 +296,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->toksep = V(A_TOKSEP); self->tokdiffs = V(A_TOKDIFFS); self->ktab = V(A_KTAB);
     self->kvc = V(A_KVC); self->kvb = V(A_KVB); self->kvcmp = V(A_KVCMP);
     self->ind1 = V(A_IND1); self->ind4 = V(A_IND4); self->align = V(A_ALIGN); self->apm3 = V(A_APM3);
+    self->apm4 = V(A_APM4); self->misses = V(A_MISSES);
 #undef V
     self->uses_ind1 = 0;
     self->uses_ind4 = 0;
@@ -326,6 +338,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->a3idx = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->a3val = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
+    self->a4idx = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->a4val = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
+    self->p16last = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->xkey = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->xval = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
@@ -333,7 +348,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val ||
+    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val || !self->a4idx || !self->a4val || !self->p16last ||
         !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
         !self->scratch || !self->y) {
         PyErr_NoMemory();
@@ -754,6 +769,12 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
 
 /* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
  * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
+/* apm_miss's state (0..15) from a stream's miss history: the last two bits, whether any of
+ * the six before them, whether any of the eight before those */
+static inline i64 miss_state(i64 ms) {
+    return (ms & 3) | ((ms & 0xFC) != 0) << 2 | ((ms & 0xFF00) != 0) << 3;
+}
+
 /* The external input of stream i at byte `step`: stretch of P(next bit = 1) from the
  * byte's table, as the exact ratio of two partial sums (ExternalInput in numpy).
  * -1 when no table covers that byte. */
@@ -851,8 +872,21 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             k->a3val[2 * i + m] = k->apm3[a3 + m];
             s3 += (u64)clip_p(k->apm3[a3 + m]) * (u64)(m ? 2 * wt : 8192 - 2 * wt);
         }
-        i64 p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3) / 6) >> (P_BITS - 16 + 12));
+        i64 p16;
+        if (!k->prm[P_APM4]) {
+            p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3) / 6) >> (P_BITS - 16 + 12));
+        } else {
+            /* apm_miss: a fourth APM by the partial byte and which of the last bits the
+             * final probability got wrong; (mixer + APM1 + 2 APM2 + 2 APM3 + 4 APM4) / 10 */
+            i64 a4 = ((c0 << 4) | miss_state(k->misses[i])) * APM_POINTS + (posn >> 12);
+            k->a4idx[i] = a4;
+            k->a4val[2 * i] = k->apm4[a4];
+            k->a4val[2 * i + 1] = k->apm4[a4 + 1];
+            u64 s4 = (u64)clip_p(k->apm4[a4]) * (u64)(4096 - wt) + (u64)clip_p(k->apm4[a4 + 1]) * (u64)wt;
+            p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3 + 4 * s4) / 10) >> (P_BITS - 16 + 12));
+        }
         p16out[i] = p16 < 4 ? 4 : (p16 > 65531 ? 65531 : p16);
+        k->p16last[i] = p16out[i];
     }
     return bad ? -1 : 0;
 }
@@ -869,6 +903,7 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
         rate = 16 * decay / (decay + k->prm[P_POS0] + step);
         if (rate < 8) rate = 8;
     }
+    i64 xrate = k->prm[P_XRATE];
     u64 *t = (u64 *)k->t; /* adds wrap, as numpy's int64 adds do */
     for (i64 i = 0; i < n; i++) {
         const i64 *idx = k->idx + i * ncols, *val = k->val + i * ncols, *pc = k->pcl + i * cw;
@@ -887,14 +922,30 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
                 ((u64 *)k->apm3)[k->a3idx[2 * i + m]] +=
                     (u64)counter_delta(v, clip_p(v), yi, k->recip_apm, k->lim[cw - 1]);
             }
+        if (k->prm[P_APM4]) {
+            for (int m = 0; m < 2; m++) {
+                i64 v = k->a4val[2 * i + m];
+                ((u64 *)k->apm4)[k->a4idx[i] + m] +=
+                    (u64)counter_delta(v, clip_p(v), yi, k->recip_apm, k->lim[cw - 1]);
+            }
+            k->misses[i] = ((k->misses[i] << 1) | ((k->p16last[i] >= 32768) != yi)) & 0xFFFF;
+        }
         /* Mixer: gradient step on coding cost, err in 12-bit probability units times the
          * rate (16ths), so shift is mixer_shift + 4. */
         i64 err = ((yi << 12) - k->p12[i]) * rate;
-        u64 dw[ni];
+        u64 dw[ni], dwx[ni];
         for (i64 m = 0; m < ni; m++) dw[m] = (u64)asr((i64)((u64)x[m] * (u64)err + (u64)round), shift);
+        /* the extra sets (after A and B) at mixer_extra_rate sixteenths of that rate */
+        const u64 *dx = dw;
+        if (xrate != 16) {
+            i64 errx = ((yi << 12) - k->p12[i]) * (rate * xrate >> 4);
+            for (i64 m = 0; m < ni; m++) dwx[m] = (u64)asr((i64)((u64)x[m] * (u64)errx + (u64)round), shift);
+            dx = dwx;
+        }
         for (i64 s = 0; s < ns; s++) {
             u64 *w = t + wbase[s];
-            for (i64 m = 0; m < ni; m++) w[m] += dw[m];
+            const u64 *d = s < 2 ? dw : dx;
+            for (i64 m = 0; m < ni; m++) w[m] += d[m];
         }
         if (next)
             t[k->prm[P_EXTW] + k->c0[i]] +=

@@ -202,6 +202,16 @@ MIXER_DECAY = 65536  # the default `mixer_decay` of level 3 (0: archives without
 # and still at levels 1 and 2): whole corpus files, cm alone, 525,536 -> 524,408 bytes
 COUNTER_OFFSET = 22
 MIXER_INIT = 6000
+# ... and the rate of its extra weight sets since l3-2026-12h, in sixteenths of the rate
+# of sets A and B (16, the same rate, before and at levels 1 and 2): whole corpus files,
+# cm alone, with apm_miss, 522,830 -> 520,390 bytes together (see apm_miss)
+MIXER_EXTRA_RATE = 10
+
+
+def miss_state(misses: I64) -> I64:
+    """apm_miss's state (0..15) from miss histories: the last two bits, whether any of the
+    six before them, whether any of the eight before those."""
+    return (misses & 3) | ((misses & 0xFC) != 0) << 2 | ((misses & 0xFF00) != 0) << 3
 
 
 def mixer_rate(decay: int, pos: int) -> int:
@@ -246,6 +256,7 @@ IND2_SIZE = 1 << 16  # the indirect table: one entry per pair of bytes
 ALIGN_MIN = 4
 ALIGN_WAIT = 32
 APM3_SIZE = 1 << 16  # apm_match's contexts (a 16-bit hash)
+APM4_SIZE = 1 << 12  # apm_miss's contexts (partial byte, miss state)
 IND4_BITS = 18  # ind4's table: the last two bytes that followed each last-four-bytes hash
 #: The field table (tmplabove): a line's template up to a field's start -> where that
 #: field started last time, as (position + 1) << 16 | row (0: never).
@@ -323,6 +334,8 @@ class ContextMixPredictor(Predictor):
         carry_history: bool = True,
         mixer_decay: int | None = None,
         apm_match: bool | None = None,
+        apm_miss: bool | None = None,
+        mixer_extra_rate: int | None = None,
         compiled: bool | None = None,
     ) -> None:
         if isinstance(level, str):  # "cm:2" on a command line
@@ -346,6 +359,10 @@ class ContextMixPredictor(Predictor):
             mixer_init = 8000 if low_level else MIXER_INIT
         if apm_match is None:
             apm_match = not low_level
+        if apm_miss is None:
+            apm_miss = not low_level
+        if mixer_extra_rate is None:
+            mixer_extra_rate = 16 if low_level else MIXER_EXTRA_RATE
         if mixer_contexts is None:
             with_tabove = "tmplabove" in tuple(contexts)
             sel = TEMPLATE_MIXER_SELECTORS if with_tabove else DEFAULT_MIXER_SELECTORS
@@ -372,6 +389,7 @@ class ContextMixPredictor(Predictor):
             ("counter_offset", counter_offset, 21, 4000),
             ("apm_offset", apm_offset, 21, 4000),
             ("mixer_decay", mixer_decay, 0, 1 << 30),
+            ("mixer_extra_rate", mixer_extra_rate, 1, 16),
         ):
             if not isinstance(val, int) or isinstance(val, bool) or not lo <= val <= hi:
                 raise ValueError(f"{nm} must be an integer in [{lo}, {hi}], got {val!r}")
@@ -424,6 +442,16 @@ class ContextMixPredictor(Predictor):
         # byte and the match state alone -0.2%, by the last two bytes or the align
         # pointer's byte less).
         self.apm_match = bool(apm_match)
+        # apm_miss (since l3-2026-12h): a fourth APM, by the partial byte and which of the
+        # last bits the final probability got wrong (the last two; any of the six before;
+        # any of the eight before those: paq8px keeps such an APM), weighted 4 in
+        # (mixer + APM1 + 2 APM2 + 2 APM3 + 4 APM4) / 10. It needs apm_match.
+        if not isinstance(apm_miss, bool) or (apm_miss and not apm_match):
+            raise ValueError(f"apm_miss must be true or false, and needs apm_match: {apm_miss!r}")
+        self.apm_miss = apm_miss
+        # The extra weight sets (mixer_contexts) learn at mixer_extra_rate sixteenths of
+        # the rate of sets A and B.
+        self.mixer_extra_rate = mixer_extra_rate
         # Counters move toward each bit by 1/(n + offset/20): the context and match
         # counters by counter_offset, the APM points by apm_offset. The first 256 KiB of
         # every corpus file (cm alone, with slot_check, ind2, matchbyte), payload bytes by
@@ -582,6 +610,10 @@ class ContextMixPredictor(Predictor):
             desc["params"]["mixer_decay"] = self.mixer_decay
         if self.apm_match:
             desc["params"]["apm_match"] = True
+        if self.apm_miss:
+            desc["params"]["apm_miss"] = True
+        if self.mixer_extra_rate != 16:
+            desc["params"]["mixer_extra_rate"] = self.mixer_extra_rate
         return desc
 
     #: Compiled, a frame runs in C at the same speed whatever B is, and one stream
@@ -629,6 +661,7 @@ class ContextMixPredictor(Predictor):
         # without the context cost nothing)
         # apm_match's table, shared like the others, starting as the identity map
         self._apm3 = np.tile(ident, APM3_SIZE if self.apm_match else 0)
+        self._apm4 = np.tile(ident, APM4_SIZE if self.apm_miss else 0)  # apm_miss's, alike
         self.begin(0)
 
     def begin(self, n_streams: int) -> None:
@@ -727,6 +760,8 @@ class ContextMixPredictor(Predictor):
         # run, how many bytes it has waited, and the anchor it waits at.
         self._align = np.zeros((b, 4), dtype=np.int64)
         self._align[:, 0] = -1
+        # apm_miss: which of the last 16 bits the final probability got wrong (newest lowest)
+        self._misses = np.zeros(b, dtype=np.int64)
 
     def _bind_kernel(self) -> Any:
         """The C kernel, bound to this frame's arrays (begin and reset make new ones)."""
@@ -743,14 +778,14 @@ class ContextMixPredictor(Predictor):
             self._ptmpl, self._cfields, self._pfields, self._ftab, self._tfs, self._tab,
             self._ttab, self._tks, self._tkc, self._tob, self._tabcmp, self._tokcmp,
             self._toksep, self._tokdiffs, self._ktab, self._kvc, self._kvb, self._kvcmp,
-            self._ind1, self._ind4, self._align, self._apm3,
+            self._ind1, self._ind4, self._align, self._apm3, self._apm4, self._misses,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
             self._match_off, self._w_off, self.table_bits, self.mixer_shift,
             self._ring_bits, self.match_min, self.match_hash_bits, self._table_size,
             self._n_sets, self._n_ext, self._ext_w_off, int(self.slot_check), self._pos0,
-            self.mixer_decay, int(self.apm_match),
+            self.mixer_decay, int(self.apm_match), int(self.apm_miss), self.mixer_extra_rate,
         )  # fmt: skip
         return _cm_kernel.Kernel(arrays, params)
 
@@ -765,6 +800,8 @@ class ContextMixPredictor(Predictor):
             digest.update(self._ind4.astype("<i8").tobytes())
         if self.apm_match:
             digest.update(self._apm3.astype("<i8").tobytes())
+        if self.apm_miss:
+            digest.update(self._apm4.astype("<i8").tobytes())
         return digest.hexdigest()
 
     # ------------------------------------------------------------ per-byte work
@@ -1297,7 +1334,16 @@ class ContextMixPredictor(Predictor):
             self._a3val = self._apm3[self._a3idx]
             p3 = self._a3p = np.clip(self._a3val >> N_BITS, 0, P_MAX)  # (kept for update)
             s3 = p3[:, 0] * (8192 - 2 * wt) + p3[:, 1] * (2 * wt)
-            p16 = np.clip((((p12 << P_BITS) + s_apm + s3) // 6) >> (P_BITS - 16 + 12), 4, 65531)
+            if not self.apm_miss:
+                p16 = (((p12 << P_BITS) + s_apm + s3) // 6) >> (P_BITS - 16 + 12)
+            else:  # (mixer + APM1 + 2 APM2 + 2 APM3 + 4 APM4) / 10
+                a4 = ((c0 << 4) | miss_state(self._misses[:n])) * APM_POINTS + (posn >> 12)
+                self._a4idx = a4[:, None] + np.arange(2)
+                self._a4val = self._apm4[self._a4idx]
+                p4 = self._a4p = np.clip(self._a4val >> N_BITS, 0, P_MAX)
+                s4 = p4[:, 0] * (4096 - wt) + p4[:, 1] * wt
+                p16 = (((p12 << P_BITS) + s_apm + s3 + 4 * s4) // 10) >> (P_BITS - 16 + 12)
+            p16 = self._p16 = np.clip(p16, 4, 65531)
         self._p12 = p12
         self._predicted = n
         out = np.empty((n, 2), dtype=np.uint32)
@@ -1431,6 +1477,11 @@ class ContextMixPredictor(Predictor):
         dw = dlt[:, self._c_w :]
         rate = mixer_rate(self.mixer_decay, self._pos0 + self._step)  # in 16ths
         np.multiply(self._x[:n], err[:, None] * rate, out=dw)
+        if self.mixer_extra_rate != 16:  # the extra sets, after A and B
+            ni, ns = self._n_inputs, self._n_sets
+            rate_x = rate * self.mixer_extra_rate >> 4
+            np.multiply(self._x[:n, 2 * ni : ns * ni], (err * rate_x)[:, None],
+                        out=dw[:, 2 * ni : ns * ni])  # fmt: skip
         dw += 1 << (self.mixer_shift + 3)
         dw >>= self.mixer_shift + 4
         np.add.at(self._t, self._idx[:n].ravel(), dlt.ravel())
@@ -1439,6 +1490,13 @@ class ContextMixPredictor(Predictor):
             d3 = (((y << P_BITS)[:, None] - self._a3p) * self._recip_apm[cnt3]) >> 16
             d3 = (d3 << N_BITS) + (cnt3 < self.apm_limit)
             np.add.at(self._apm3, self._a3idx.ravel(), d3.ravel())
+        if self.apm_miss:  # likewise, and the miss history
+            cnt4 = self._a4val & N_MASK
+            d4 = (((y << P_BITS)[:, None] - self._a4p) * self._recip_apm[cnt4]) >> 16
+            d4 = (d4 << N_BITS) + (cnt4 < self.apm_limit)
+            np.add.at(self._apm4, self._a4idx.ravel(), d4.ravel())
+            miss = (self._p16 >= 32768).astype(np.int64) != y
+            self._misses[:n] = ((self._misses[:n] << 1) | miss) & 0xFFFF
         # Partial byte and nibble; the match stays on only while its bits were right.
         bit = self._bit
         self._mok[:n] &= self._ebit[:n, bit] == y
@@ -1494,13 +1552,14 @@ def from_descriptor(desc: Any) -> ContextMixPredictor:
     if "external_input" in kwargs and kwargs["external_input"] is not True:
         raise CorruptInputError("context-mixing external_input must be true when present")
     # Older archives have no slot checks and start every frame's streams empty.
-    for flag in ("slot_check", "carry_history", "apm_match"):
+    for flag in ("slot_check", "carry_history", "apm_match", "apm_miss"):
         if kwargs.setdefault(flag, False) is not False and kwargs[flag] is not True:
             raise CorruptInputError(f"context-mixing {flag} must be true when present")
     # ... and the one counter rate of then, and a constant mixer rate.
     kwargs.setdefault("counter_offset", OLD_RATE_OFFSET)
     kwargs.setdefault("apm_offset", OLD_RATE_OFFSET)
     kwargs.setdefault("mixer_decay", 0)
+    kwargs.setdefault("mixer_extra_rate", 16)
     try:
         pred = ContextMixPredictor(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -1527,7 +1586,7 @@ _PARAM_NAMES = frozenset(
 _OPTIONAL_PARAM_NAMES = frozenset(
     {
         "mixer_contexts", "external_input", "slot_check", "counter_offset", "apm_offset",
-        "carry_history", "mixer_decay", "apm_match",
+        "carry_history", "mixer_decay", "apm_match", "apm_miss", "mixer_extra_rate",
     }
 )  # fmt: skip
 
@@ -1598,3 +1657,9 @@ PRESETS["l3-2026-12g"] = {
     "counter_offset": COUNTER_OFFSET, "mixer_init": MIXER_INIT, "apm_match": True,
 }  # fmt: skip
 PRESETS["l3-2026-12g+external"] = {**PRESETS["l3-2026-12g"], "external_input": True}
+# a fourth APM by which of the last bits were mispredicted, and the extra weight sets at
+# 10/16 of the mixer's rate (whole corpus files, cm alone: 522,830 -> 520,390 bytes)
+PRESETS["l3-2026-12h"] = {
+    **PRESETS["l3-2026-12g"], "apm_miss": True, "mixer_extra_rate": MIXER_EXTRA_RATE,
+}  # fmt: skip
+PRESETS["l3-2026-12h+external"] = {**PRESETS["l3-2026-12h"], "external_input": True}

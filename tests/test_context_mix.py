@@ -27,12 +27,17 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 # descriptor: off / the one rate of then).
 BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
-    "mixer_decay": 0, "mixer_init": 8000, "apm_match": False,
+    "mixer_decay": 0, "mixer_init": 8000, "apm_match": False, "apm_miss": False,
+    "mixer_extra_rate": 16,
 }  # fmt: skip
-# The counter rate and first weights level 3 had before l3-2026-12g, without the match
-# APM it added; and before that mixer_decay, added with preset l3-2026-12e (absent: a
-# constant mixer rate).
-BEFORE_2026_12G: dict[str, Any] = {"counter_offset": 23, "mixer_init": 8000, "apm_match": False}
+# Level 3 before l3-2026-12h: no miss APM, the extra weight sets at the mixer's rate;
+# before l3-2026-12g also its counter rate and first weights, without the match APM it
+# added; and before that mixer_decay, added with preset l3-2026-12e (absent: a constant
+# mixer rate).
+BEFORE_2026_12H: dict[str, Any] = {"apm_miss": False, "mixer_extra_rate": 16}
+BEFORE_2026_12G: dict[str, Any] = {
+    **BEFORE_2026_12H, "counter_offset": 23, "mixer_init": 8000, "apm_match": False,
+}  # fmt: skip
 BEFORE_2026_12E: dict[str, Any] = {**BEFORE_2026_12G, "mixer_decay": 0}
 
 
@@ -249,7 +254,7 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     # every parameter but external_input, which only cm+transformer's cm sets
     assert set(desc["params"]) == context_mix._PARAM_NAMES | {
         "mixer_contexts", "slot_check", "counter_offset", "apm_offset", "carry_history",
-        "mixer_decay", "apm_match"}  # fmt: skip
+        "mixer_decay", "apm_match", "apm_miss", "mixer_extra_rate"}  # fmt: skip
     assert set(small(external_input=True).descriptor()["params"]) == (
         context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     )
@@ -261,7 +266,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12g"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12h"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -294,6 +299,12 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     assert dec.mixer_decay == pred.mixer_decay and not dec.apm_match and pred.apm_match
     assert (dec.counter_offset, dec.mixer_init) == (23, 8000)
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
+    # the default until l3-2026-12h: the same contexts, no miss APM, one mixer rate
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12g"})
+    assert dec.contexts == pred.contexts and dec.apm_match and not dec.apm_miss
+    assert (dec.mixer_extra_rate, pred.mixer_extra_rate) == (16, context_mix.MIXER_EXTRA_RATE)
+    assert pred.apm_miss
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12g"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -414,6 +425,12 @@ def test_align_waits_out_insertions_in_a_repeat() -> None:
         pytest.param(_bad(mixer_shift=-1), id="negative_param"),
         pytest.param(_bad(apm_match=1), id="apm_match_not_true"),
         pytest.param(_bad(apm_match=False), id="apm_match_false_spelled_out"),
+        pytest.param(_bad(apm_miss=1), id="apm_miss_not_true"),
+        pytest.param(_bad(apm_miss=False), id="apm_miss_false_spelled_out"),
+        pytest.param(_bad(apm_match=None), id="apm_miss_without_apm_match"),
+        pytest.param(_bad(mixer_extra_rate=16), id="mixer_extra_rate_16_spelled_out"),
+        pytest.param(_bad(mixer_extra_rate=0), id="mixer_extra_rate_0"),
+        pytest.param(_bad(mixer_extra_rate=17), id="mixer_extra_rate_above_16"),
         pytest.param(_bad(contexts=["o1", "o99"]), id="unknown_context"),
         pytest.param(_bad(contexts=[]), id="no_context"),
         pytest.param(_bad(contexts="o1"), id="contexts_not_list"),
@@ -503,12 +520,13 @@ GOLDENS = {
         for name in ("l3-2026-12", "l3-2026-12b", "l3-2026-12c", "l3-2026-12d")
     },
     "l3_2026_12e": _preset_golden("l3-2026-12e", BEFORE_2026_12G),
+    "l3_2026_12g": _preset_golden("l3-2026-12g", BEFORE_2026_12H),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
-    "l3_2026_12e",
+    "l3_2026_12e", "l3_2026_12g",
 )  # fmt: skip
 
 
