@@ -204,7 +204,7 @@ COUNTER_OFFSET = 22
 MIXER_INIT = 6000
 # ... and the rate of its extra weight sets since l3-2026-12h, in sixteenths of the rate
 # of sets A and B (16, the same rate, before and at levels 1 and 2): whole corpus files,
-# cm alone, with apm_miss, 522,830 -> 520,390 bytes together (see apm_miss)
+# cm alone, with apm_miss, 522,830 -> 520,350 bytes together (see apm_miss)
 MIXER_EXTRA_RATE = 10
 
 
@@ -1658,7 +1658,7 @@ PRESETS["l3-2026-12g"] = {
 }  # fmt: skip
 PRESETS["l3-2026-12g+external"] = {**PRESETS["l3-2026-12g"], "external_input": True}
 # a fourth APM by which of the last bits were mispredicted, and the extra weight sets at
-# 10/16 of the mixer's rate (whole corpus files, cm alone: 522,830 -> 520,390 bytes)
+# 10/16 of the mixer's rate (whole corpus files, cm alone: 522,830 -> 520,350 bytes)
 PRESETS["l3-2026-12h"] = {
     **PRESETS["l3-2026-12g"], "apm_miss": True, "mixer_extra_rate": MIXER_EXTRA_RATE,
 }  # fmt: skip
