@@ -348,8 +348,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val || !self->a4idx || !self->a4val || !self->p16last ||
-        !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
+    if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val ||
+        !self->a4idx || !self->a4val || !self->p16last || !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
         !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
@@ -767,14 +767,14 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
 
 /* ----------------------------------------------------------------------- lockstep */
 
-/* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
- * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
 /* apm_miss's state (0..15) from a stream's miss history: the last two bits, whether any of
  * the six before them, whether any of the eight before those */
 static inline i64 miss_state(i64 ms) {
     return (ms & 3) | ((ms & 0xFC) != 0) << 2 | ((ms & 0xFF00) != 0) << 3;
 }
 
+/* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
+ * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
 /* The external input of stream i at byte `step`: stretch of P(next bit = 1) from the
  * byte's table, as the exact ratio of two partial sums (ExternalInput in numpy).
  * -1 when no table covers that byte. */
@@ -882,7 +882,8 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             k->a4idx[i] = a4;
             k->a4val[2 * i] = k->apm4[a4];
             k->a4val[2 * i + 1] = k->apm4[a4 + 1];
-            u64 s4 = (u64)clip_p(k->apm4[a4]) * (u64)(4096 - wt) + (u64)clip_p(k->apm4[a4 + 1]) * (u64)wt;
+            u64 s4 = (u64)clip_p(k->apm4[a4]) * (u64)(4096 - wt) +
+                     (u64)clip_p(k->apm4[a4 + 1]) * (u64)wt;
             p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3 + 4 * s4) / 10) >> (P_BITS - 16 + 12));
         }
         p16out[i] = p16 < 4 ? 4 : (p16 > 65531 ? 65531 : p16);
@@ -939,7 +940,8 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
         const u64 *dx = dw;
         if (xrate != 16) {
             i64 errx = ((yi << 12) - k->p12[i]) * (rate * xrate >> 4);
-            for (i64 m = 0; m < ni; m++) dwx[m] = (u64)asr((i64)((u64)x[m] * (u64)errx + (u64)round), shift);
+            for (i64 m = 0; m < ni; m++)
+                dwx[m] = (u64)asr((i64)((u64)x[m] * (u64)errx + (u64)round), shift);
             dx = dwx;
         }
         for (i64 s = 0; s < ns; s++) {

@@ -248,6 +248,29 @@ def test_descriptor_round_trip_rebuilds_an_identical_predictor() -> None:
     assert run(again, data) == run(pred, data)
 
 
+def test_miss_state_reads_the_last_two_bits_then_two_spans() -> None:
+    misses = np.array([0, 1, 2, 3, 4, 0x80, 0x100, 0x8000, 0x10000, 0xFFFF], dtype=np.int64)
+    assert context_mix.miss_state(misses).tolist() == [0, 1, 2, 3, 4, 4, 8, 8, 0, 15]
+
+
+def test_miss_history_follows_the_final_probability() -> None:
+    # each coded bit shifts in whether the final probability gave it less than 1/2
+    pred = small()
+    bits = pred.to_symbols(log_text(4))
+    pred.begin(1)
+    expect, seen = 0, 0
+    for t, y in enumerate(bits):
+        p1 = int(pred.predict(1)[0, 1])
+        expect = ((expect << 1) | ((p1 >= 1 << 15) != y)) & 0xFFFF
+        seen |= expect
+        pred.update(np.array([y], dtype=np.int64))
+        assert pred._misses[0] == expect, t
+    assert seen  # (the text has misses to record)
+    assert small(apm_match=False, apm_miss=False)._apm4.size == 0
+    with pytest.raises(ValueError, match="apm_miss"):
+        small(apm_match=False)
+
+
 def test_descriptor_names_every_bitstream_parameter() -> None:
     desc = small().descriptor()
     assert desc["name"] == "cm" and desc["version"] == 1
