@@ -91,6 +91,21 @@ static inline i64 counter_delta(i64 v, i64 p, i64 y, const i64 *recip, i64 lim) 
     return shl(asr(((y << P_BITS) - p) * recip[cnt], 16), N_BITS) + (cnt < lim);
 }
 
+/* apm_match's and apm_miss's tables (APM_POINTS per context): the two points around the
+ * mixer's stretch value from first point a, kept in val for update, interpolated by wt
+ * (in 4096ths) */
+static inline u64 apm_pair_read(const i64 *tab, i64 a, i64 wt, i64 val[2]) {
+    val[0] = tab[a];
+    val[1] = tab[a + 1];
+    return (u64)clip_p(val[0]) * (u64)(4096 - wt) + (u64)clip_p(val[1]) * (u64)wt;
+}
+/* ... and their step toward bit y, from the values predict read */
+static inline void apm_pair_update(i64 *tab, i64 a, const i64 val[2], i64 y, const i64 *recip,
+                                   i64 lim) {
+    for (int m = 0; m < 2; m++)
+        ((u64 *)tab)[a + m] += (u64)counter_delta(val[m], clip_p(val[m]), y, recip, lim);
+}
+
 /* The arrays, in the order of the tuple given to Kernel(): name, item size, items per
  * stream (0: a fixed count given in need[] at bind time). */
 enum {
@@ -165,7 +180,7 @@ typedef struct {
     i64 *align;
     int uses_align;
     /* apm_match: the third APM's table (APM3_SIZE contexts of APM_POINTS), and per
-     * stream the two points predict read (index, value) for update */
+     * stream the first point predict read and both values (for update) */
     i64 *apm3, *a3idx, *a3val;
     /* apm_miss: the fourth APM's table (APM4_SIZE contexts of APM_POINTS), per stream the
      * history of mispredicted bits (newest lowest), and per step the first point predict
@@ -336,7 +351,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->key = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ikey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->ival = PyMem_Malloc(sizeof(i64) * (size_t)bb);
-    self->a3idx = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
+    self->a3idx = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->a3val = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
     self->a4idx = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->a4val = PyMem_Malloc(sizeof(i64) * (size_t)bb * 2);
@@ -866,12 +881,8 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
         u64 mb = mok ? (u64)k->hist[k->mptr[i]] : 256, lb = mok ? (u64)(k->wsel[i] >> 8) : 0;
         u64 h3 = ((mb << 2 | lb) << 8) | (u64)c0;
         i64 a3 = (i64)(((h3 + 1) * H1) >> 48) * APM_POINTS + (posn >> 12);
-        u64 s3 = 0;
-        for (int m = 0; m < 2; m++) {
-            k->a3idx[2 * i + m] = a3 + m;
-            k->a3val[2 * i + m] = k->apm3[a3 + m];
-            s3 += (u64)clip_p(k->apm3[a3 + m]) * (u64)(m ? 2 * wt : 8192 - 2 * wt);
-        }
+        k->a3idx[i] = a3;
+        u64 s3 = 2 * apm_pair_read(k->apm3, a3, wt, k->a3val + 2 * i);
         i64 p16;
         if (!k->prm[P_APM4]) {
             p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3) / 6) >> (P_BITS - 16 + 12));
@@ -880,10 +891,7 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
              * final probability got wrong; (mixer + APM1 + 2 APM2 + 2 APM3 + 4 APM4) / 10 */
             i64 a4 = ((c0 << 4) | miss_state(k->misses[i])) * APM_POINTS + (posn >> 12);
             k->a4idx[i] = a4;
-            k->a4val[2 * i] = k->apm4[a4];
-            k->a4val[2 * i + 1] = k->apm4[a4 + 1];
-            u64 s4 = (u64)clip_p(k->apm4[a4]) * (u64)(4096 - wt) +
-                     (u64)clip_p(k->apm4[a4 + 1]) * (u64)wt;
+            u64 s4 = apm_pair_read(k->apm4, a4, wt, k->a4val + 2 * i);
             p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3 + 4 * s4) / 10) >> (P_BITS - 16 + 12));
         }
         p16out[i] = p16 < 4 ? 4 : (p16 > 65531 ? 65531 : p16);
@@ -918,17 +926,9 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             t[idx[j]] += (u64)counter_delta(val[j], pc[j], yi, recip, k->lim[j]);
         }
         if (k->prm[P_APM3]) /* its points like the other APMs' */
-            for (int m = 0; m < 2; m++) {
-                i64 v = k->a3val[2 * i + m];
-                ((u64 *)k->apm3)[k->a3idx[2 * i + m]] +=
-                    (u64)counter_delta(v, clip_p(v), yi, k->recip_apm, k->lim[cw - 1]);
-            }
+            apm_pair_update(k->apm3, k->a3idx[i], k->a3val + 2 * i, yi, k->recip_apm, k->lim[cw - 1]);
         if (k->prm[P_APM4]) {
-            for (int m = 0; m < 2; m++) {
-                i64 v = k->a4val[2 * i + m];
-                ((u64 *)k->apm4)[k->a4idx[i] + m] +=
-                    (u64)counter_delta(v, clip_p(v), yi, k->recip_apm, k->lim[cw - 1]);
-            }
+            apm_pair_update(k->apm4, k->a4idx[i], k->a4val + 2 * i, yi, k->recip_apm, k->lim[cw - 1]);
             k->misses[i] = ((k->misses[i] << 1) | ((k->p16last[i] >= 32768) != yi)) & 0xFFFF;
         }
         /* Mixer: gradient step on coding cost, err in 12-bit probability units times the

@@ -296,6 +296,16 @@ def _write_highest_row(table: I64, keys: I64, vals: I64) -> None:
     table[keys[last]] = vals[last]
 
 
+def _apm_pair(table: I64, first: I64, wt: I64) -> tuple[I64, I64, I64, I64]:
+    """apm_match's and apm_miss's tables: the two points from ``first`` around the mixer's
+    stretch value (indices, values, clipped probabilities: update needs them) and their
+    interpolation by ``wt`` (in 4096ths)."""
+    idx = first[:, None] + np.arange(2)
+    val = table[idx]
+    p = np.clip(val >> N_BITS, 0, P_MAX)
+    return idx, val, p, p[:, 0] * (4096 - wt) + p[:, 1] * wt
+
+
 def _ind4_key(h8: U64) -> I64:
     """ind4's table entry for the last four bytes of each h8."""
     h = ((h8 & _u64(0xFFFFFFFF)) + _u64(1)) * _u64(_H2)
@@ -1330,18 +1340,13 @@ class ContextMixPredictor(Predictor):
             lb = np.where(mok, self._wsel[:n] >> 8, 0).astype(np.uint64)
             h3 = (((mb << _u64(2)) | lb) << _u64(8)) | c0.astype(np.uint64)
             a3 = ((h3 + _u64(1)) * _u64(_H1) >> _u64(48)).astype(np.int64) * APM_POINTS
-            self._a3idx = (a3 + (posn >> 12))[:, None] + np.arange(2)
-            self._a3val = self._apm3[self._a3idx]
-            p3 = self._a3p = np.clip(self._a3val >> N_BITS, 0, P_MAX)  # (kept for update)
-            s3 = p3[:, 0] * (8192 - 2 * wt) + p3[:, 1] * (2 * wt)
+            *self._a3, s3 = _apm_pair(self._apm3, a3 + (posn >> 12), wt)  # (kept for update)
+            s3 *= 2
             if not self.apm_miss:
                 p16 = (((p12 << P_BITS) + s_apm + s3) // 6) >> (P_BITS - 16 + 12)
             else:  # (mixer + APM1 + 2 APM2 + 2 APM3 + 4 APM4) / 10
                 a4 = ((c0 << 4) | miss_state(self._misses[:n])) * APM_POINTS + (posn >> 12)
-                self._a4idx = a4[:, None] + np.arange(2)
-                self._a4val = self._apm4[self._a4idx]
-                p4 = self._a4p = np.clip(self._a4val >> N_BITS, 0, P_MAX)
-                s4 = p4[:, 0] * (4096 - wt) + p4[:, 1] * wt
+                *self._a4, s4 = _apm_pair(self._apm4, a4, wt)
                 p16 = (((p12 << P_BITS) + s_apm + s3 + 4 * s4) // 10) >> (P_BITS - 16 + 12)
             p16 = self._p16 = np.clip(p16, 4, 65531)
         self._p12 = p12
@@ -1457,6 +1462,14 @@ class ContextMixPredictor(Predictor):
             return
         self._update_numpy(n, y)
 
+    def _apm_pair_update(self, table: I64, idx: I64, val: I64, p: I64, y: I64) -> None:
+        """The step of the points _apm_pair read toward the bits y, like the other APMs'
+        (deltas from the values read, added with np.add.at)."""
+        cnt = val & N_MASK
+        d = (((y << P_BITS)[:, None] - p) * self._recip_apm[cnt]) >> 16
+        d = (d << N_BITS) + (cnt < self.apm_limit)
+        np.add.at(table, idx.ravel(), d.ravel())
+
     def _update_numpy(self, n: int, y: I64) -> None:
         """The reference implementation of ``update``."""
         val = self._val[:n, : self._c_w]
@@ -1486,15 +1499,9 @@ class ContextMixPredictor(Predictor):
         dw >>= self.mixer_shift + 4
         np.add.at(self._t, self._idx[:n].ravel(), dlt.ravel())
         if self.apm_match:  # its points like the other APMs'
-            cnt3 = self._a3val & N_MASK
-            d3 = (((y << P_BITS)[:, None] - self._a3p) * self._recip_apm[cnt3]) >> 16
-            d3 = (d3 << N_BITS) + (cnt3 < self.apm_limit)
-            np.add.at(self._apm3, self._a3idx.ravel(), d3.ravel())
+            self._apm_pair_update(self._apm3, *self._a3, y)
         if self.apm_miss:  # likewise, and the miss history
-            cnt4 = self._a4val & N_MASK
-            d4 = (((y << P_BITS)[:, None] - self._a4p) * self._recip_apm[cnt4]) >> 16
-            d4 = (d4 << N_BITS) + (cnt4 < self.apm_limit)
-            np.add.at(self._apm4, self._a4idx.ravel(), d4.ravel())
+            self._apm_pair_update(self._apm4, *self._a4, y)
             miss = (self._p16 >= 32768).astype(np.int64) != y
             self._misses[:n] = ((self._misses[:n] << 1) | miss) & 0xFFFF
         # Partial byte and nibble; the match stays on only while its bits were right.
