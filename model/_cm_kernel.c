@@ -364,7 +364,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val ||
-        !self->a4idx || !self->a4val || !self->p16last || !self->xkey || !self->xval || !self->fkey || !self->tkey || !self->kkey ||
+        !self->a4idx || !self->a4val || !self->p16last || !self->xkey || !self->xval ||
+        !self->fkey || !self->tkey || !self->kkey ||
         !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
@@ -925,10 +926,11 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             const i64 *recip = j < k->prm[P_CAPM] ? k->recip : k->recip_apm;
             t[idx[j]] += (u64)counter_delta(val[j], pc[j], yi, recip, k->lim[j]);
         }
+        i64 apm_lim = k->lim[cw - 1];
         if (k->prm[P_APM3]) /* its points like the other APMs' */
-            apm_pair_update(k->apm3, k->a3idx[i], k->a3val + 2 * i, yi, k->recip_apm, k->lim[cw - 1]);
+            apm_pair_update(k->apm3, k->a3idx[i], k->a3val + 2 * i, yi, k->recip_apm, apm_lim);
         if (k->prm[P_APM4]) {
-            apm_pair_update(k->apm4, k->a4idx[i], k->a4val + 2 * i, yi, k->recip_apm, k->lim[cw - 1]);
+            apm_pair_update(k->apm4, k->a4idx[i], k->a4val + 2 * i, yi, k->recip_apm, apm_lim);
             k->misses[i] = ((k->misses[i] << 1) | ((k->p16last[i] >= 32768) != yi)) & 0xFFFF;
         }
         /* Mixer: gradient step on coding cost, err in 12-bit probability units times the
