@@ -81,6 +81,8 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12g+external", "version": 1}},
     {"name": "cm", "preset": "l3-2026-12h", "version": 1},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12h+external", "version": 1}},
+    {"name": "cm", "preset": "l3-2026-12i", "version": 1},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12i+external", "version": 1}},
 )
 
 KIND_FRAME = 0x01

@@ -57,7 +57,7 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
-       K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_LAST = K_ALIGN };
+       K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_LAST = K_TMPLNEXT };
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
@@ -67,6 +67,7 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
 #define FTAB_BITS 18 /* the field table of tmplabove (FTAB_BITS in context_mix.py) */
 #define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
 #define KTAB_BITS 18 /* the key table of keyvalue (KTAB_BITS) */
+#define NTAB_BITS 18 /* tmplnext's value and successor tables (NTAB_BITS) */
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -117,7 +118,7 @@ enum {
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
-    A_APM4, A_MISSES, N_ARRAYS
+    A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
     "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
@@ -127,7 +128,7 @@ static const char *array_names[N_ARRAYS] = {
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
     "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
-    "apm4", "misses",
+    "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -186,6 +187,15 @@ typedef struct {
      * history of mispredicted bits (newest lowest), and per step the first point predict
      * read and the final probability (for update) */
     i64 *apm4, *misses, *a4idx, *a4val, *p16last;
+    /* tmplnext: the value table (by template up to a field: the hash of its last value)
+     * and the successor table (by that key and value: where the next field began); per
+     * stream the field's value so far, its value-table key (-1: none), its successor
+     * entry, the byte that predicts (256: none), how the field compares so far */
+    u64 *vtab, *nval;
+    i64 *ntab, *nkey, *nfs, *nb, *ncmp;
+    int uses_ntab;
+    i64 *nwkey, *skey; /* per-stream scratch: the value-table write, the successor key */
+    u64 *nwval;
     i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
     i64 *idx, *val, *pcl, *x, *wbase, *blk, *abase, *ebit, *midx, *wsel, *wsel2, *p12;
@@ -219,6 +229,9 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->fkey);
     PyMem_Free(self->tkey);
     PyMem_Free(self->kkey);
+    PyMem_Free(self->nwkey);
+    PyMem_Free(self->skey);
+    PyMem_Free(self->nwval);
     PyMem_Free(self->scratch);
     PyMem_Free(self->y);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -275,6 +288,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_IND1] = 256, [A_IND4] = (i64)1 << IND4_BITS, [A_ALIGN] = b * 4,
         [A_APM3] = self->prm[P_APM3] ? APM3_SIZE * APM_POINTS : 0,
         [A_APM4] = self->prm[P_APM4] ? APM4_SIZE * APM_POINTS : 0, [A_MISSES] = b,
+        [A_VTAB] = (i64)1 << NTAB_BITS, [A_NTAB] = (i64)1 << NTAB_BITS, [A_NVAL] = b,
+        [A_NKEY] = b, [A_NFS] = b, [A_NB] = b, [A_NCMP] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -312,6 +327,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kvc = V(A_KVC); self->kvb = V(A_KVB); self->kvcmp = V(A_KVCMP);
     self->ind1 = V(A_IND1); self->ind4 = V(A_IND4); self->align = V(A_ALIGN); self->apm3 = V(A_APM3);
     self->apm4 = V(A_APM4); self->misses = V(A_MISSES);
+    self->vtab = V(A_VTAB); self->ntab = V(A_NTAB); self->nval = V(A_NVAL);
+    self->nkey = V(A_NKEY); self->nfs = V(A_NFS); self->nb = V(A_NB); self->ncmp = V(A_NCMP);
 #undef V
     self->uses_ind1 = 0;
     self->uses_ind4 = 0;
@@ -323,6 +340,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->uses_tokcmp = 0;
     self->uses_tokrun = 0;
     self->uses_ktab = 0;
+    self->uses_ntab = 0;
     for (i64 j = 0; j < nc; j++) {
         i64 kd = self->kinds[j];
         self->uses_tabcmp |= kd == K_TMPLCMP;
@@ -336,6 +354,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_ind1 |= kd == K_IND1;
         self->uses_ind4 |= kd == K_IND4;
         self->uses_align |= kd == K_ALIGN;
+        self->uses_ntab |= kd == K_TMPLNEXT;
         if (kd < 0 || kd > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
@@ -361,11 +380,14 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->fkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->tkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->nwkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->skey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->nwval = PyMem_Malloc(sizeof(u64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val ||
         !self->a4idx || !self->a4val || !self->p16last || !self->xkey || !self->xval ||
-        !self->fkey || !self->tkey || !self->kkey ||
+        !self->fkey || !self->tkey || !self->kkey || !self->nwkey || !self->skey || !self->nwval ||
         !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
@@ -499,6 +521,11 @@ static void byte_contexts(Kernel *k, i64 i) {
         entry_bytes(k, i, k->kvc[i], k->col[i] - k->tks[i], kv);
         k->kvb[i] = (i64)kv[0];
     }
+    if (k->uses_ntab) { /* tmplnext: in the field that followed this value last time */
+        u64 nb[2];
+        entry_bytes(k, i, k->nfs[i], foff, nb);
+        k->nb[i] = (i64)nb[0];
+    }
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -544,6 +571,9 @@ static void byte_contexts(Kernel *k, i64 i) {
             break;
         case K_KEYVALUE: /* the key's last value: two bytes, and how this token compares */
             v = ((((kv[0] << 9) | kv[1]) << 2) | (u64)k->kvcmp[i]) * H1;
+            break;
+        case K_TMPLNEXT: /* its byte, how this field compares so far, the field index */
+            v = ((((u64)k->nb[i] << 2) | (u64)k->ncmp[i]) * H1 + (u64)k->field[i]) * H2;
             break;
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_ALIGN: {
@@ -619,6 +649,30 @@ static inline i64 compare_step(i64 state, i64 byte, i64 predicted, int separator
     return predicted == 256 ? CMP_NONE : (byte > predicted ? CMP_GREATER : CMP_LESS);
 }
 
+/* tmplnext after `byte` for stream i (_next_field in numpy), the field index not yet moved
+ * on: a field that ends leaves its value for the value table (written in pass 3); one that
+ * opens reads the value the same template's field had last time, and where the field that
+ * followed that value began (the successor table, written in pass 4). */
+static void next_field(Kernel *k, i64 i, i64 byte) {
+    int nl = byte == 10, sep = nl || byte == 32;
+    i64 f = k->field[i];
+    k->ncmp[i] = compare_step(k->ncmp[i], byte, k->nb[i], sep);
+    k->nwkey[i] = sep ? k->nkey[i] : -1;
+    k->nwval[i] = k->nval[i] + 1;
+    k->nval[i] = sep ? 0 : (k->nval[i] + (u64)byte + 1) * H2;
+    k->skey[i] = -1;
+    if (nl || (byte == 32 && f < MAX_FIELD)) {
+        u64 t = ((nl ? 0 : k->tmpl[i]) + (u64)(nl ? 0 : f + 1) + 1) * H2;
+        i64 key = (i64)(t >> (64 - NTAB_BITS));
+        u64 h = (k->vtab[key] + t) * H1;
+        h = (h ^ (h >> 29)) * H2;
+        k->skey[i] = (i64)(h >> (64 - NTAB_BITS));
+        k->nfs[i] = k->ntab[k->skey[i]];
+        k->nkey[i] = key;
+    } else if (byte == 32) /* a space in the last field (saturated) opens none */
+        k->nkey[i] = -1;
+}
+
 /* _end_byte for streams 0..n-1, at byte position pos. */
 static void end_byte(Kernel *k, i64 n, i64 pos) {
     int rb = (int)k->prm[P_RINGBITS];
@@ -691,6 +745,7 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
             k->kkey[i] = (i64)(h >> (64 - KTAB_BITS));
             k->kvc[i] = k->ktab[k->kkey[i]];
         }
+        if (k->uses_ntab) next_field(k, i, byte);
         i64 *cf = k->cfields + i * (MAX_FIELD + 1), *pf = k->pfields + i * (MAX_FIELD + 1);
         /* tmplabove: a field opens after a newline, or a space below the last field; its
          * key is the template so far (read here, written in pass 4, as the match table) */
@@ -773,11 +828,15 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         for (i64 i = 0; i < n; i++) k->ind1[k->xkey[2 * i]] = k->xval[2 * i];
     if (k->uses_ind4)
         for (i64 i = 0; i < n; i++) k->ind4[k->xkey[2 * i + 1]] = k->xval[2 * i + 1];
+    if (k->uses_ntab)
+        for (i64 i = 0; i < n; i++)
+            if (k->nwkey[i] >= 0) k->vtab[k->nwkey[i]] = k->nwval[i];
     /* Pass 4: the field and token tables, then the match table record position pos + 1
      * where their keys say (all were read above). */
     if (k->uses_ftab) keep_latest(k->ftab, k->fkey, n, nxt);
     if (k->uses_ttab) keep_latest(k->ttab, k->tkey, n, nxt);
     if (k->uses_ktab) keep_latest(k->ktab, k->kkey, n, nxt);
+    if (k->uses_ntab) keep_latest(k->ntab, k->skey, n, nxt);
     if (nxt >= mmin) keep_latest(k->mtab, k->key, n, nxt);
 }
 

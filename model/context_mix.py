@@ -70,7 +70,7 @@ CONTEXT_NAMES = (
     "o0", "o1", "o2", "o3", "o4", "o5", "o6", "word", "bigram", "column", "field",
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
     "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
-    "keyvalue", "tokrun", "ind1", "ind4", "align",
+    "keyvalue", "tokrun", "ind1", "ind4", "align", "tmplnext",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -84,12 +84,13 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # (ind2 and matchbyte came with slot_check: see PRESETS["l3-2026-12"]; ptemplate,
     # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"]; tmplcmp and tokcmp
     # with PRESETS["l3-2026-12c"]; keyvalue, and tokrun in tokcmp's place, with
-    # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"])
+    # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"]; tmplnext
+    # with PRESETS["l3-2026-12i"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
         "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
         "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun",
-        "ind1", "ind4", "align",
+        "ind1", "ind4", "align", "tmplnext",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -267,6 +268,11 @@ TTAB_BITS = 18
 #: The key table (keyvalue): the same for tokens keyed by the word before the byte that
 #: opens them and that byte (a key and its "=", ":" or " "), whatever the template.
 KTAB_BITS = 18
+#: tmplnext's two tables: by the line's template up to a field's start, the hash of the
+#: value that field had last time (0: never); and by that key with that value, where the
+#: field that followed it began (as the field table). Sequences of values a log statement
+#: prints again (line numbers, module names, test names in a rerun) come back in order.
+NTAB_BITS = 18
 ALNUM = np.zeros(256, dtype=bool)
 ALNUM[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] = True
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
@@ -427,6 +433,7 @@ class ContextMixPredictor(Predictor):
         self._uses_tokcmp = bool({"tokcmp", "tokrun"} & set(self.contexts))
         self._uses_tokrun = "tokrun" in self.contexts
         self._uses_ktab = "keyvalue" in self.contexts  # ... and the key table
+        self._uses_ntab = "tmplnext" in self.contexts  # ... and tmplnext's tables
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
@@ -757,6 +764,16 @@ class ContextMixPredictor(Predictor):
         self._kvc = np.zeros(b, dtype=np.int64)
         self._kvb = np.full(b, 256, dtype=np.int64)
         self._kvcmp = np.zeros(b, dtype=np.int64)
+        # tmplnext: the value table and the successor table (shared, NTAB_BITS), and per
+        # stream the current field's value so far (hash), its value-table key (-1: none),
+        # its successor entry, the byte that predicts, and how the field compares so far
+        self._vtab = np.zeros(1 << NTAB_BITS, dtype=np.uint64)
+        self._ntab = np.zeros(1 << NTAB_BITS, dtype=np.int64)
+        self._nval = np.zeros(b, dtype=np.uint64)
+        self._nkey = np.full(b, -1, dtype=np.int64)
+        self._nfs = np.zeros(b, dtype=np.int64)
+        self._nb = np.full(b, 256, dtype=np.int64)
+        self._ncmp = np.zeros(b, dtype=np.int64)
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -789,6 +806,7 @@ class ContextMixPredictor(Predictor):
             self._ttab, self._tks, self._tkc, self._tob, self._tabcmp, self._tokcmp,
             self._toksep, self._tokdiffs, self._ktab, self._kvc, self._kvb, self._kvcmp,
             self._ind1, self._ind4, self._align, self._apm3, self._apm4, self._misses,
+            self._vtab, self._ntab, self._nval, self._nkey, self._nfs, self._nb, self._ncmp,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -834,6 +852,8 @@ class ContextMixPredictor(Predictor):
         if self._uses_ktab:  # keyvalue's: where the same key's value began last time
             kv = self._entry_bytes(n, self._kvc[:n], self._col[:n] - self._tks[:n])
             self._kvb[:n] = kv[0].astype(np.int64)
+        if self._uses_ntab:  # tmplnext's byte: in the field that followed this value last time
+            self._nb[:n] = self._entry_bytes(n, self._nfs[:n], self._field_offset(n))[0]
         for j, c in self._log_cols:
             if c == "word":
                 v = (self._wordh[:n] + c1) * _u64(_H2)
@@ -899,6 +919,9 @@ class ContextMixPredictor(Predictor):
                 agree = mok & (ap >= 0) & (mbyte == ab)
                 v = ((((ab << 4) | r) << 1 | agree) << 8).astype(np.uint64) | c1
                 v = v * _u64(_H1)
+            elif c == "tmplnext":  # its byte, how this field compares so far, the field index
+                h = (self._nb[:n] << 2) | self._ncmp[:n]
+                v = (h.astype(np.uint64) * _u64(_H1) + self._field[:n].astype(np.uint64)) * _u64(_H2)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
@@ -1105,6 +1128,8 @@ class ContextMixPredictor(Predictor):
                 field = (self._field[:n][ev] + 1).astype(np.uint64)
                 h = np.where(nl[ev], _u64(0), (self._tmpl[:n][ev] + field) * _u64(_H2))
                 self._tfs[rows[ev]] = self._open_start(self._ftab, FTAB_BITS, h, rows[ev], pos)
+        if self._uses_ntab:
+            self._next_field(n, byte, opens, pos)
         if self._uses_ttab:
             # A token opens after every byte that is not a letter or digit: the same, in
             # the token table, keyed by the template so far alone.
@@ -1164,6 +1189,36 @@ class ContextMixPredictor(Predictor):
         if self._uses_align:
             self._align_step(n, byte, mlen, mptr)
         self._step += 1
+
+    def _next_field(self, n: int, byte: I64, opens: np.ndarray, pos: int) -> None:
+        """tmplnext after `byte` (the field index not yet moved on): a field that ends
+        leaves its value in the value table under its key; one that opens looks up the
+        value the same template's field had last time, and where the field that followed
+        that value began. Reads see the tables as before the step (the value table is
+        written after them, the highest row's value staying; the successor table keeps
+        the most recent position, as the field table)."""
+        rows = self._rows[:n]
+        nl = byte == 10
+        sep = nl | (byte == 32)
+        self._ncmp[:n] = _compare_step(self._ncmp[:n], byte, self._nb[:n], sep)
+        ended = sep & (self._nkey[:n] >= 0)
+        keys, vals = self._nkey[:n][ended], self._nval[:n][ended] + _u64(1)
+        ub = byte.astype(np.uint64)
+        self._nval[:n] = np.where(sep, _u64(0), (self._nval[:n] + ub + _u64(1)) * _u64(_H2))
+        # a space in the last field (saturated) opens none: its value is not recorded
+        self._nkey[:n] = np.where((byte == 32) & ~opens, -1, self._nkey[:n])
+        ev = nl | opens
+        if ev.any():
+            field = np.where(nl[ev], 0, self._field[:n][ev] + 1).astype(np.uint64)
+            tmpl = np.where(nl[ev], _u64(0), self._tmpl[:n][ev])
+            t = (tmpl + field + _u64(1)) * _u64(_H2)
+            key = (t >> _u64(64 - NTAB_BITS)).astype(np.int64)
+            h = (self._vtab[key] + t) * _u64(_H1)
+            h = (h ^ (h >> _u64(29))) * _u64(_H2)
+            self._nfs[rows[ev]] = self._open_start(self._ntab, NTAB_BITS, h, rows[ev], pos)
+            self._nkey[rows[ev]] = key
+        if keys.size:
+            _write_highest_row(self._vtab, keys, vals)
 
     def _align_step(self, n: int, byte: I64, mlen: I64, mptr: I64) -> None:
         """The align pointer after `byte` (see ALIGN_MIN): follow the repeat while it
@@ -1670,3 +1725,9 @@ PRESETS["l3-2026-12h"] = {
     **PRESETS["l3-2026-12g"], "apm_miss": True, "mixer_extra_rate": MIXER_EXTRA_RATE,
 }  # fmt: skip
 PRESETS["l3-2026-12h+external"] = {**PRESETS["l3-2026-12h"], "external_input": True}
+# tmplnext: the field that followed, last time, the value this field of the same log
+# statement had then (line numbers, module and test names printed again in order)
+PRESETS["l3-2026-12i"] = {
+    **PRESETS["l3-2026-12h"], "contexts": PRESETS["l3-2026-12h"]["contexts"] + ["tmplnext"],
+}  # fmt: skip
+PRESETS["l3-2026-12i+external"] = {**PRESETS["l3-2026-12i"], "external_input": True}
