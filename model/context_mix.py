@@ -920,8 +920,8 @@ class ContextMixPredictor(Predictor):
                 v = ((((ab << 4) | r) << 1 | agree) << 8).astype(np.uint64) | c1
                 v = v * _u64(_H1)
             elif c == "tmplnext":  # its byte, how this field compares so far, the field index
-                h = (self._nb[:n] << 2) | self._ncmp[:n]
-                v = (h.astype(np.uint64) * _u64(_H1) + self._field[:n].astype(np.uint64)) * _u64(_H2)
+                h = ((self._nb[:n] << 2) | self._ncmp[:n]).astype(np.uint64) * _u64(_H1)
+                v = (h + self._field[:n].astype(np.uint64)) * _u64(_H2)
             elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
                 ml = self._mlen[:n]
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)

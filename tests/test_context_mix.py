@@ -427,7 +427,8 @@ def test_align_waits_out_insertions_in_a_repeat() -> None:
     contexts = context_mix.LEVELS[3]
     assert "align" in contexts
     second = {}  # bytes the second list costs
-    for name_, ctx in (("with", contexts), ("without", tuple(c for c in contexts if c != "align"))):
+    without = tuple(c for c in contexts if c != "align")
+    for name_, ctx in (("with", contexts), ("without", without)):
         kw = {"contexts": ctx, "table_bits": 16, "history_bits": 16, "match_hash_bits": 16}
         blob = tinyzip.compress(text, model=small(**kw))
         assert tinyzip.decompress(blob) == text
