@@ -101,6 +101,10 @@ INPUTS = {
         + b"\n"
         + b"; ".join(b"[x] id%d=%s" % (i, b"ab" * (i % 5)) for i in range(n // 12))
     ),
+    # lines of 80 one-digit fields (past MAX_FIELD), their values in a repeating order
+    "wide_lines": lambda n: b"\n".join(
+        b" ".join(b"%d" % ((i * 3 + j) % 10) for j in range(80)) for i in range(n // 160 + 1)
+    ),
     "runs": lambda n: (
         (b"\x00" * 300 + b"\xff" * 200 + b"\n" * 50 + b" " * 50 + b"a" * 400) * (n // 1000 + 1)
     ),
