@@ -661,8 +661,9 @@ static void next_field(Kernel *k, i64 i, i64 byte) {
     k->nwval[i] = k->nval[i] + 1;
     k->nval[i] = sep ? 0 : (k->nval[i] + (u64)byte + 1) * H2;
     k->skey[i] = -1;
-    if (nl || (byte == 32 && f < MAX_FIELD)) {
-        u64 t = ((nl ? 0 : k->tmpl[i]) + (u64)(nl ? 0 : f + 1) + 1) * H2;
+    if (nl || (byte == 32 && f < MAX_FIELD)) { /* field nf opens */
+        u64 nf = nl ? 0 : (u64)f + 1;
+        u64 t = ((nl ? 0 : k->tmpl[i]) + nf + 1) * H2;
         i64 key = (i64)(t >> (64 - NTAB_BITS));
         u64 h = (k->vtab[key] + t) * H1;
         h = (h ^ (h >> 29)) * H2;

@@ -1130,7 +1130,7 @@ class ContextMixPredictor(Predictor):
                 h = np.where(nl[ev], _u64(0), (self._tmpl[:n][ev] + field) * _u64(_H2))
                 self._tfs[rows[ev]] = self._open_start(self._ftab, FTAB_BITS, h, rows[ev], pos)
         if self._uses_ntab:
-            self._next_field(n, byte, opens, pos)
+            self._next_field(n, byte, nl, opens, pos)
         if self._uses_ttab:
             # A token opens after every byte that is not a letter or digit: the same, in
             # the token table, keyed by the template so far alone.
@@ -1191,7 +1191,7 @@ class ContextMixPredictor(Predictor):
             self._align_step(n, byte, mlen, mptr)
         self._step += 1
 
-    def _next_field(self, n: int, byte: I64, opens: np.ndarray, pos: int) -> None:
+    def _next_field(self, n: int, byte: I64, nl: np.ndarray, opens: np.ndarray, pos: int) -> None:
         """tmplnext after `byte` (the field index not yet moved on): a field that ends
         leaves its value in the value table under its key; one that opens looks up the
         value the same template's field had last time, and where the field that followed
@@ -1199,7 +1199,6 @@ class ContextMixPredictor(Predictor):
         written after them, the highest row's value staying; the successor table keeps
         the most recent position, as the field table)."""
         rows = self._rows[:n]
-        nl = byte == 10
         sep = nl | (byte == 32)
         self._ncmp[:n] = _compare_step(self._ncmp[:n], byte, self._nb[:n], sep)
         ended = sep & (self._nkey[:n] >= 0)
