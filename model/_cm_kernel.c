@@ -57,7 +57,8 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_LINEPOS = 13, K_SHAPE = 14, K_ABOVE2 = 15, K_SHAPEFIELD = 16, K_TEMPLATE = 17,
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
-       K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_LAST = K_TMPLNEXT };
+       K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_WORDGAP = 32,
+       K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_LAST = K_GAPWORDS };
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
@@ -68,6 +69,10 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
 #define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
 #define KTAB_BITS 18 /* the key table of keyvalue (KTAB_BITS) */
 #define NTAB_BITS 18 /* tmplnext's value and successor tables (NTAB_BITS) */
+/* the per-stream text state (TEXT_COLS in context_mix.py): the case-folded word so far
+ * (0 between words), the two words before it, the gap before it and the one before that,
+ * the last four bytes as classes, the 1 KiB block of the next byte */
+enum { T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, T_BLOCK, TEXT_COLS };
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -118,7 +123,7 @@ enum {
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
-    A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, N_ARRAYS
+    A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, A_TEXT, N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
     "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
@@ -128,7 +133,7 @@ static const char *array_names[N_ARRAYS] = {
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
     "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
-    "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp",
+    "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp", "text",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -195,6 +200,9 @@ typedef struct {
     i64 *ntab, *nkey, *nfs, *nb, *ncmp;
     int uses_ntab;
     i64 *nwkey, *skey; /* per-stream scratch: the value-table write, the successor key */
+    /* wordgap, blockword, charmask, gapwords: per stream TEXT_COLS words (text_step) */
+    u64 *text;
+    int uses_text;
     u64 *nwval;
     i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
@@ -289,7 +297,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_APM3] = self->prm[P_APM3] ? APM3_SIZE * APM_POINTS : 0,
         [A_APM4] = self->prm[P_APM4] ? APM4_SIZE * APM_POINTS : 0, [A_MISSES] = b,
         [A_VTAB] = (i64)1 << NTAB_BITS, [A_NTAB] = (i64)1 << NTAB_BITS, [A_NVAL] = b,
-        [A_NKEY] = b, [A_NFS] = b, [A_NB] = b, [A_NCMP] = b,
+        [A_NKEY] = b, [A_NFS] = b, [A_NB] = b, [A_NCMP] = b, [A_TEXT] = b * TEXT_COLS,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -328,6 +336,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->ind1 = V(A_IND1); self->ind4 = V(A_IND4); self->align = V(A_ALIGN); self->apm3 = V(A_APM3);
     self->apm4 = V(A_APM4); self->misses = V(A_MISSES);
     self->vtab = V(A_VTAB); self->ntab = V(A_NTAB); self->nval = V(A_NVAL);
+    self->text = (u64 *)V(A_TEXT);
     self->nkey = V(A_NKEY); self->nfs = V(A_NFS); self->nb = V(A_NB); self->ncmp = V(A_NCMP);
 #undef V
     self->uses_ind1 = 0;
@@ -341,6 +350,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->uses_tokrun = 0;
     self->uses_ktab = 0;
     self->uses_ntab = 0;
+    self->uses_text = 0;
     for (i64 j = 0; j < nc; j++) {
         i64 kd = self->kinds[j];
         self->uses_tabcmp |= kd == K_TMPLCMP;
@@ -355,6 +365,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_ind4 |= kd == K_IND4;
         self->uses_align |= kd == K_ALIGN;
         self->uses_ntab |= kd == K_TMPLNEXT;
+        self->uses_text |= kd >= K_WORDGAP && kd <= K_GAPWORDS;
         if (kd < 0 || kd > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
@@ -504,6 +515,7 @@ static void byte_contexts(Kernel *k, i64 i) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI];
     u64 h8 = k->h8[i], c1 = h8 & 0xFF;
     u64 wordh = k->wordh[i];
+    const u64 *tx = k->text + i * TEXT_COLS;
     /* tmplabove: the two bytes at the next byte's offset in the field where this line's
      * template up to its field last began (a field table entry: position and row) */
     u64 tab[2] = {256, 256}, tok[2] = {256, 256};
@@ -574,6 +586,12 @@ static void byte_contexts(Kernel *k, i64 i) {
             break;
         case K_TMPLNEXT: /* its byte, how this field compares so far, the field index */
             v = ((((u64)k->nb[i] << 2) | (u64)k->ncmp[i]) * H1 + (u64)k->field[i]) * H2;
+            break;
+        case K_WORDGAP: v = (tx[T_W0] * H3 + tx[T_G0]) * H1; break;
+        case K_BLOCKWORD: v = (tx[T_BLOCK] * H3 + tx[T_W0]) * H1; break;
+        case K_CHARMASK: v = tx[T_MASK] * H2; break;
+        case K_GAPWORDS:
+            v = (((tx[T_G0] * H3 + tx[T_W1]) * H1 + tx[T_G1]) * H2 + tx[T_W2]) * H3;
             break;
         case K_IND2: v = ((u64)k->ind2[h8 & 0xFFFF] << 16) | (h8 & 0xFFFF); break;
         case K_ALIGN: {
@@ -675,6 +693,35 @@ static void next_field(Kernel *k, i64 i, i64 byte) {
 }
 
 /* _end_byte for streams 0..n-1, at byte position pos. */
+/* The text state after `byte` at position pos (TextState in numpy): words are runs of
+ * ASCII letters and digits and bytes >= 128, case-folded; a gap is the run of other
+ * bytes before a word (a newline counts as a space). */
+static void text_step(u64 *tx, i64 byte, i64 pos) {
+    u64 c = (u64)byte;
+    if (c >= 'A' && c <= 'Z') c += 32;
+    int digit = c >= '0' && c <= '9';
+    int letter = (c >= 'a' && c <= 'z') || c >= 128;
+    u64 cls = c;
+    if (digit || letter) {
+        if (tx[T_W0] == 0) { /* a word starts: its gap ends */
+            tx[T_G1] = tx[T_G0];
+            tx[T_G0] = 0;
+        }
+        tx[T_W0] = (tx[T_W0] + c + 1) * H1;
+        int vowel = c == 'a' || c == 'e' || c == 'i' || c == 'o' || c == 'u';
+        cls = digit ? '0' : (vowel ? 'a' : 'b');
+    } else {
+        tx[T_G0] = (tx[T_G0] + (byte == 10 ? 32 : c) + 1) * H2;
+        if (tx[T_W0] != 0) { /* a word ends */
+            tx[T_W2] = tx[T_W1];
+            tx[T_W1] = tx[T_W0];
+            tx[T_W0] = 0;
+        }
+    }
+    tx[T_MASK] = ((tx[T_MASK] << 8) | cls) & 0xFFFFFFFFULL;
+    tx[T_BLOCK] = (u64)(pos + 1) >> 10;
+}
+
 static void end_byte(Kernel *k, i64 n, i64 pos) {
     int rb = (int)k->prm[P_RINGBITS];
     i64 ring_mask = ((i64)1 << rb) - 1;
@@ -690,6 +737,7 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 ub = (u64)byte;
         u64 h8 = (k->h8[i] << 8) | ub;
         k->h8[i] = h8;
+        if (k->uses_text) text_step(k->text + i * TEXT_COLS, byte, pos);
         int alnum = (byte >= '0' && byte <= '9') || (byte >= 'A' && byte <= 'Z') ||
                     (byte >= 'a' && byte <= 'z');
         if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */

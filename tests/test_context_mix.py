@@ -285,11 +285,14 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     assert small().model_id != small(mixer_contexts=("field",)).model_id
 
 
+TEXT = context_mix.TEXT_CONTEXTS  # the contexts l3-2026-12j added
+
+
 def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12i"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12j"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -313,26 +316,30 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12c"}
     # the default until l3-2026-12e: the same contexts, a constant mixer rate
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12d"})
-    assert dec.mixer_decay == 0 and dec.contexts == pred.contexts[:-4]
+    assert dec.mixer_decay == 0 and dec.contexts == pred.contexts[:-8]
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12d"}
     assert pred.mixer_decay == context_mix.MIXER_DECAY > 0
     # the default until l3-2026-12g: without ind1, ind4 and align
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12e"})
-    assert dec.contexts + ("ind1", "ind4", "align", "tmplnext") == pred.contexts
+    assert dec.contexts + ("ind1", "ind4", "align", "tmplnext") + TEXT == pred.contexts
     assert dec.mixer_decay == pred.mixer_decay and not dec.apm_match and pred.apm_match
     assert (dec.counter_offset, dec.mixer_init) == (23, 8000)
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
     # the default until l3-2026-12h: the same contexts, no miss APM, one mixer rate
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12g"})
-    assert dec.contexts + ("tmplnext",) == pred.contexts and dec.apm_match
+    assert dec.contexts + ("tmplnext",) + TEXT == pred.contexts and dec.apm_match
     assert not dec.apm_miss
     assert (dec.mixer_extra_rate, pred.mixer_extra_rate) == (16, context_mix.MIXER_EXTRA_RATE)
     assert pred.apm_miss
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12g"}
     # the default until l3-2026-12i: without tmplnext
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12h"})
-    assert dec.contexts + ("tmplnext",) == pred.contexts and dec.apm_miss
+    assert dec.contexts + ("tmplnext",) + TEXT == pred.contexts and dec.apm_miss
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12h"}
+    # the default until l3-2026-12j: without the word model's four contexts
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12i"})
+    assert dec.contexts + TEXT == pred.contexts
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12i"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -551,12 +558,13 @@ GOLDENS = {
     "l3_2026_12e": _preset_golden("l3-2026-12e", BEFORE_2026_12G),
     "l3_2026_12g": _preset_golden("l3-2026-12g", BEFORE_2026_12H),
     "l3_2026_12h": _preset_golden("l3-2026-12h", {}),
+    "l3_2026_12i": _preset_golden("l3-2026-12i", {}),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
-    "l3_2026_12e", "l3_2026_12g", "l3_2026_12h",
+    "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i",
 )  # fmt: skip
 
 
