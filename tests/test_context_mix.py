@@ -697,6 +697,32 @@ def test_keyvalue_and_tokrun_states(compiled: bool) -> None:
 
 
 @pytest.mark.parametrize("compiled", [False, True])
+def test_word_contexts_fold_case_and_keep_the_gaps(compiled: bool) -> None:
+    # wordgap, blockword, charmask and gapwords read one text state: the same words in
+    # another case, with the same gaps, leave the same state; a word ends at its first
+    # other byte, which starts the gap before the next word.
+    if compiled and context_mix._cm_kernel is None:
+        pytest.skip("the C kernel was not built")
+    text = b"Open FILE a.b\nopen file A.B\n"
+    pred = small(compiled=compiled)
+    pred.begin(1)
+    after = []
+    for byte in text:
+        for k in range(7, -1, -1):
+            pred.predict(1)
+            pred.update(np.array([(byte >> k) & 1], dtype=np.int64))
+        after.append(pred._text[0].copy())
+    w0, w1, g0 = context_mix.T_W0, context_mix.T_W1, context_mix.T_G0
+    assert after[3][w0] != 0 and after[3][w1] == 0  # "Open"
+    assert after[4][w0] == 0 and after[4][w1] == after[3][w0] and after[4][g0] != 0
+    assert after[5][g0] == 0 and after[5][w0] != 0  # "F": the gap closed
+    end = len(text) // 2 - 1
+    assert (after[end] == after[-1]).all()  # "...a.b\n" and "...A.B\n"
+    assert after[end][context_mix.T_MASK] == int.from_bytes(b"a.b\n", "big")
+    assert not (after[end - 1] == after[end]).all()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
 def test_tmplnext_predicts_the_value_that_followed_last_time(compiled: bool) -> None:
     # A log statement printing a sequence of values again: after "v 11" comes "v 12", as
     # the first time, although the line just before ("v 13") says 13 and another
