@@ -86,13 +86,13 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # fieldabove, tmplabove and tokabove with PRESETS["l3-2026-12b"]; tmplcmp and tokcmp
     # with PRESETS["l3-2026-12c"]; keyvalue, and tokrun in tokcmp's place, with
     # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"]; tmplnext
-    # with PRESETS["l3-2026-12i"]; wordgap, blockword, charmask and gapwords with
-    # PRESETS["l3-2026-12j"])
+    # with PRESETS["l3-2026-12i"]; wordgap, blockword, charmask and gapwords in the place
+    # of word and field with PRESETS["l3-2026-12j"])
     3: (
-        "o0", "o1", "o2", "o3", "o4", "o6", "word", "bigram", "column", "field",
-        "linepos", "shape", "above2", "shapefield", "template", "ind2", "matchbyte",
-        "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun",
-        "ind1", "ind4", "align", "tmplnext", "wordgap", "blockword", "charmask", "gapwords",
+        "o0", "o1", "o2", "o3", "o4", "o6", "bigram", "column", "linepos", "shape",
+        "above2", "shapefield", "template", "ind2", "matchbyte", "ptemplate", "fieldabove",
+        "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun", "ind1", "ind4", "align",
+        "tmplnext", "wordgap", "blockword", "charmask", "gapwords",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -122,9 +122,8 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use 33.4 M, just below (the 30 hashed contexts of level 3 at 2**20 counters each, the
-# mixer weights and APMs: 255 MiB): one more context at level 3 needs this bound raised,
-# which older decoders would refuse.
+# use 31.3 M (the 28 hashed contexts of level 3 at 2**20 counters each, the mixer weights
+# and APMs: 239 MiB): room for two more contexts at level 3.
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -1785,11 +1784,12 @@ PRESETS["l3-2026-12i"] = {
 }  # fmt: skip
 PRESETS["l3-2026-12i+external"] = {**PRESETS["l3-2026-12i"], "external_input": True}
 # paq8px's word model in four contexts: case-folded words with the gaps between them, the
-# word with the 1 KiB block it is in, the last four bytes as letter classes (whole corpus
-# files, cm alone: 515,606 -> 507,418 bytes, -1.6%)
+# word with the 1 KiB block it is in, the last four bytes as letter classes; word and
+# field, which they make redundant, go (whole corpus files, cm alone: 515,606 -> 507,316
+# bytes, -1.6%)
 PRESETS["l3-2026-12j"] = {
     **PRESETS["l3-2026-12i"],
-    "contexts": PRESETS["l3-2026-12i"]["contexts"]
-    + ["wordgap", "blockword", "charmask", "gapwords"],
+    "contexts": [c for c in PRESETS["l3-2026-12i"]["contexts"] if c not in ("word", "field")]
+    + list(TEXT_CONTEXTS),
 }  # fmt: skip
 PRESETS["l3-2026-12j+external"] = {**PRESETS["l3-2026-12j"], "external_input": True}
