@@ -692,8 +692,7 @@ static void next_field(Kernel *k, i64 i, i64 byte) {
         k->nkey[i] = -1;
 }
 
-/* _end_byte for streams 0..n-1, at byte position pos. */
-/* The text state after `byte` at position pos (TextState in numpy): words are runs of
+/* The text state after `byte` at position pos (_text_step in numpy): words are runs of
  * ASCII letters and digits and bytes >= 128, case-folded; a gap is the run of other
  * bytes before a word (a newline counts as a space). */
 static void text_step(u64 *tx, i64 byte, i64 pos) {
@@ -722,6 +721,7 @@ static void text_step(u64 *tx, i64 byte, i64 pos) {
     tx[T_BLOCK] = (u64)(pos + 1) >> 10;
 }
 
+/* _end_byte for streams 0..n-1, at byte position pos. */
 static void end_byte(Kernel *k, i64 n, i64 pos) {
     int rb = (int)k->prm[P_RINGBITS];
     i64 ring_mask = ((i64)1 << rb) - 1;
