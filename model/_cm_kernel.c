@@ -71,8 +71,8 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
 #define NTAB_BITS 18 /* tmplnext's value and successor tables (NTAB_BITS) */
 /* the per-stream text state (TEXT_COLS in context_mix.py): the case-folded word so far
  * (0 between words), the two words before it, the gap before it and the one before that,
- * the last four bytes as classes, the 1 KiB block of the next byte */
-enum { T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, T_BLOCK, TEXT_COLS };
+ * the last four bytes as classes */
+enum { T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, TEXT_COLS };
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -511,7 +511,8 @@ static inline i64 ind4_key(u64 h8) {
     return (i64)((((h8 & 0xFFFFFFFF) + 1) * H2) >> (64 - IND4_BITS));
 }
 
-static void byte_contexts(Kernel *k, i64 i) {
+/* The contexts of stream i's next byte, at position pos. */
+static void byte_contexts(Kernel *k, i64 i, i64 pos) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI];
     u64 h8 = k->h8[i], c1 = h8 & 0xFF;
     u64 wordh = k->wordh[i];
@@ -588,7 +589,7 @@ static void byte_contexts(Kernel *k, i64 i) {
             v = ((((u64)k->nb[i] << 2) | (u64)k->ncmp[i]) * H1 + (u64)k->field[i]) * H2;
             break;
         case K_WORDGAP: v = (tx[T_W0] * H3 + tx[T_G0]) * H1; break;
-        case K_BLOCKWORD: v = (tx[T_BLOCK] * H3 + tx[T_W0]) * H1; break;
+        case K_BLOCKWORD: v = ((u64)(pos >> 10) * H3 + tx[T_W0]) * H1; break;
         case K_CHARMASK: v = tx[T_MASK] * H2; break;
         case K_GAPWORDS:
             v = (((tx[T_G0] * H3 + tx[T_W1]) * H1 + tx[T_G1]) * H2 + tx[T_W2]) * H3;
@@ -692,16 +693,15 @@ static void next_field(Kernel *k, i64 i, i64 byte) {
         k->nkey[i] = -1;
 }
 
-/* The text state after `byte` at position pos (_text_step in numpy): words are runs of
- * ASCII letters and digits and bytes >= 128, case-folded; a gap is the run of other
- * bytes before a word (a newline counts as a space). */
-static void text_step(u64 *tx, i64 byte, i64 pos) {
+/* The text state after `byte` (_text_step in numpy): words are runs of word bytes
+ * (WORD_BYTE), case-folded; a gap is the run of other bytes before a word (a newline
+ * counts as a space). */
+static void text_step(u64 *tx, i64 byte, int is_word) {
     u64 c = (u64)byte;
     if (c >= 'A' && c <= 'Z') c += 32;
     int digit = c >= '0' && c <= '9';
-    int letter = (c >= 'a' && c <= 'z') || c >= 128;
     u64 cls = c;
-    if (digit || letter) {
+    if (is_word) {
         if (tx[T_W0] == 0) { /* a word starts: its gap ends */
             tx[T_G1] = tx[T_G0];
             tx[T_G0] = 0;
@@ -718,7 +718,6 @@ static void text_step(u64 *tx, i64 byte, i64 pos) {
         }
     }
     tx[T_MASK] = ((tx[T_MASK] << 8) | cls) & 0xFFFFFFFFULL;
-    tx[T_BLOCK] = (u64)(pos + 1) >> 10;
 }
 
 /* _end_byte for streams 0..n-1, at byte position pos. */
@@ -737,7 +736,7 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 ub = (u64)byte;
         u64 h8 = (k->h8[i] << 8) | ub;
         k->h8[i] = h8;
-        if (k->uses_text) text_step(k->text + i * TEXT_COLS, byte, pos);
+        if (k->uses_text) text_step(k->text + i * TEXT_COLS, byte, k->wordbyte[byte] != 0);
         int alnum = (byte >= '0' && byte <= '9') || (byte >= 'A' && byte <= 'Z') ||
                     (byte >= 'a' && byte <= 'z');
         if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */
@@ -1075,11 +1074,12 @@ static void update_core(Kernel *k, const i64 *y, i64 n, int bit, i64 step) {
             nibble_slots(k, i, k->c0[i] - 15); /* 1 + the high nibble */
         }
     } else if (bit + 1 == 8) {
-        end_byte(k, n, k->prm[P_POS0] + step); /* positions go on across frames (carry_history) */
+        i64 pos = k->prm[P_POS0] + step; /* positions go on across frames (carry_history) */
+        end_byte(k, n, pos);
         for (i64 i = 0; i < n; i++) {
             k->c0[i] = 1;
             k->c0n[i] = 1;
-            byte_contexts(k, i);
+            byte_contexts(k, i, pos + 1);
         }
     }
 }

@@ -280,20 +280,17 @@ ALNUM = np.zeros(256, dtype=bool)
 ALNUM[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] = True
 # The text state of wordgap, blockword, charmask and gapwords (_text_step), TEXT_COLS
 # words per stream: the case-folded word so far (0 between words), the two words before
-# it, the gap before it and the one before that, the last four bytes as classes, the
-# 1 KiB block of the next byte. Words are runs of ASCII letters and digits and bytes >=
-# 128 (paq8px's word model folds case and counts digits in words the same way).
-T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, T_BLOCK, TEXT_COLS = range(8)
+# it, the gap before it and the one before that, the last four bytes as classes. Words
+# are runs of WORD_BYTE (paq8px's word model folds case and counts digits in words too).
+T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, TEXT_COLS = range(7)
 TEXT_CONTEXTS = ("wordgap", "blockword", "charmask", "gapwords")
-TEXT_WORD = ALNUM.copy()
-TEXT_WORD[128:] = True
 FOLD = np.arange(256, dtype=np.uint64)  # A-Z to a-z
 FOLD[65:91] += np.uint64(32)
 GAP_BYTE = FOLD.copy()  # what a gap byte adds: a newline counts as a space
 GAP_BYTE[10] = 32
 # charmask's class of a byte: a digit, a vowel, another letter, or the byte itself
 CHAR_CLASS = FOLD.copy()
-CHAR_CLASS[TEXT_WORD] = ord("b")
+CHAR_CLASS[WORD_BYTE] = ord("b")
 CHAR_CLASS[list(b"0123456789")] = ord("0")
 CHAR_CLASS[list(b"aeiouAEIOU")] = ord("a")
 EXT_WEIGHT_INIT = 16384  # the external input's initial weight (Q16: 1/4)
@@ -949,8 +946,9 @@ class ContextMixPredictor(Predictor):
                 v = (h + self._field[:n].astype(np.uint64)) * _u64(_H2)
             elif c == "wordgap":  # the case-folded word so far, the gap before it
                 v = (tx[:, T_W0] * _u64(_H3) + tx[:, T_G0]) * _u64(_H1)
-            elif c == "blockword":  # the same word, the stream's 1 KiB block
-                v = (tx[:, T_BLOCK] * _u64(_H3) + tx[:, T_W0]) * _u64(_H1)
+            elif c == "blockword":  # the same word, the 1 KiB block of the stream it is in
+                block = _u64((self._pos0 + self._step) >> 10)  # (the next byte's position)
+                v = (block * _u64(_H3) + tx[:, T_W0]) * _u64(_H1)
             elif c == "charmask":  # the classes of the last four bytes
                 v = tx[:, T_MASK] * _u64(_H2)
             elif c == "gapwords":  # the two words before, each with the gap after it
@@ -1114,7 +1112,7 @@ class ContextMixPredictor(Predictor):
             _write_highest_row(self._ind4, key, ((self._ind4[key] << 8) | byte) & 0xFFFF)
         self._h8[:n] = (self._h8[:n] << _u64(8)) | ub
         if self._uses_text:
-            self._text_step(n, byte, pos)
+            self._text_step(n, byte)
         token_end = ~ALNUM[byte]  # fields end at a space or a newline, tokens at any non-alnum
         if self._uses_tabcmp:
             sep = (byte == 32) | (byte == 10)
@@ -1255,22 +1253,21 @@ class ContextMixPredictor(Predictor):
         if keys.size:
             _write_highest_row(self._vtab, keys, vals)
 
-    def _text_step(self, n: int, byte: I64, pos: int) -> None:
-        """The text state (TEXT_COLS) after `byte` at position pos: a word byte extends
-        the word (the first one closes the gap before it), any other byte extends the gap
-        (the first one closes the word)."""
+    def _text_step(self, n: int, byte: I64) -> None:
+        """The text state (TEXT_COLS) after `byte`: a word byte extends the word (the
+        first one closes the gap before it), any other byte extends the gap (the first
+        one closes the word)."""
         tx = self._text[:n]
         w0, g0 = tx[:, T_W0].copy(), tx[:, T_G0].copy()
-        word = TEXT_WORD[byte]
+        word = WORD_BYTE[byte]
         starts, ends = word & (w0 == 0), ~word & (w0 != 0)
         tx[:, T_G1] = np.where(starts, g0, tx[:, T_G1])
-        gap = (g0 + GAP_BYTE[byte] + _u64(1)) * _u64(_H2)
-        tx[:, T_G0] = np.where(word, np.where(starts, _u64(0), g0), gap)
+        # (inside a word the gap is 0 already: its first byte closed it)
+        tx[:, T_G0] = np.where(word, _u64(0), (g0 + GAP_BYTE[byte] + _u64(1)) * _u64(_H2))
         tx[:, T_W0] = np.where(word, (w0 + FOLD[byte] + _u64(1)) * _u64(_H1), _u64(0))
         tx[:, T_W2] = np.where(ends, tx[:, T_W1], tx[:, T_W2])
         tx[:, T_W1] = np.where(ends, w0, tx[:, T_W1])
         tx[:, T_MASK] = ((tx[:, T_MASK] << _u64(8)) | CHAR_CLASS[byte]) & _u64(0xFFFFFFFF)
-        tx[:, T_BLOCK] = _u64((pos + 1) >> 10)
 
     def _align_step(self, n: int, byte: I64, mlen: I64, mptr: I64) -> None:
         """The align pointer after `byte` (see ALIGN_MIN): follow the repeat while it
