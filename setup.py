@@ -15,12 +15,14 @@ setup(
         Extension(
             "tinyzip.model._cm_kernel",
             ["model/_cm_kernel.c"],
+            depends=["model/_engine_step.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),
         Extension(
             "tinyzip.model._engine_kernel",
             ["model/_engine_kernel.c"],
+            depends=["model/_engine_step.h"],
             optional=True,
             extra_compile_args=["-O3"],
         ),

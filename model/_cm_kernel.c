@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_engine_step.h"
+
 #if (-1 >> 1) != -1
 #error "this kernel needs an arithmetic >> on negative signed integers (as numpy's)"
 #endif
@@ -218,6 +220,9 @@ typedef struct {
     Py_buffer ext;
     int ext_held, ext_u32;
     i64 ext_k, ext_first;
+    /* decode_run with a stepper: the uint32 tables of byte ext_first, in place of ext's
+     * (the bound array or the speculative step's spare); NULL otherwise */
+    const uint32_t *ext_tab;
 } Kernel;
 
 static void Kernel_dealloc(Kernel *self) {
@@ -907,7 +912,8 @@ static inline int ext_input(const Kernel *k, i64 i, i64 step, int bit, i64 c0, i
     i64 lo = (c0 - ((i64)1 << bit)) << (8 - bit), half = (i64)1 << (7 - bit);
     i64 s0 = 0, s1 = 0; /* < 2**40: at most 256 entries below 2**32 */
     if (k->ext_u32) {
-        const uint32_t *tab = (const uint32_t *)k->ext.buf + (i * k->ext_k + row) * 256;
+        const uint32_t *tab = (k->ext_tab ? k->ext_tab : (const uint32_t *)k->ext.buf) +
+                              (i * k->ext_k + row) * 256;
         for (i64 j = lo; j < lo + half; j++) s0 += tab[j];
         for (i64 j = lo + half; j < lo + 2 * half; j++) s1 += tab[j];
     } else {
@@ -1202,19 +1208,28 @@ static void run_close(Run *r) {
     if (r->active.obj) PyBuffer_Release(&r->active);
 }
 
-/* update with step t's bits of streams 0..n-1 (read from the grid); -1 with ValueError
- * if one is not a bit. */
-static int learn_step(Kernel *k, const uint8_t *grid, i64 T, i64 t, i64 n) {
+/* update with step t's bits of streams 0..n-1 (read from the grid); -1 if one is not a
+ * bit (no Python call: encode_run runs it without the GIL). */
+static int learn_bits(Kernel *k, const uint8_t *grid, i64 T, i64 t, i64 n) {
     for (i64 i = 0; i < n; i++) {
         i64 y = grid[i * T + t];
-        if (y > 1) {
-            PyErr_SetString(PyExc_ValueError, "Kernel run: symbols must be bits");
-            return -1;
-        }
+        if (y > 1) return -1;
         k->y[i] = y;
     }
     update_core(k, k->y, n, (int)(t & 7), t >> 3);
     return 0;
+}
+
+static PyObject *not_bits(void) {
+    PyErr_SetString(PyExc_ValueError, "Kernel run: symbols must be bits");
+    return NULL;
+}
+
+/* learn_bits, with ValueError when a symbol is not a bit */
+static int learn_step(Kernel *k, const uint8_t *grid, i64 T, i64 t, i64 n) {
+    if (learn_bits(k, grid, T, t, n) == 0) return 0;
+    not_bits();
+    return -1;
 }
 
 static PyObject *Kernel_encode_run(Kernel *k, PyObject *args) {
@@ -1233,14 +1248,26 @@ static PyObject *Kernel_encode_run(Kernel *k, PyObject *args) {
     const uint8_t *g = r.grid.buf;
     const i64 *act = r.active.buf; /* act[t - t0]: steps t0..t1 */
     uint16_t *out = p16.buf;
+    /* Without the GIL, so that a caller's thread can compute the next block's external
+     * input meanwhile (CmTransformerPredictor.encode_frame). */
+    int err = 0; /* 1: inconsistent state, 2: a symbol that is not a bit */
+    Py_BEGIN_ALLOW_THREADS
     for (i64 t = t0; t < t1; t++) {
         i64 n = act[t - t0];
         if (predict_core(k, n, (int)(t & 7), t >> 3, k->scratch)) {
-            bad_state();
-            goto done;
+            err = 1;
+            break;
         }
         for (i64 i = 0; i < n; i++) out[t * b + i] = (uint16_t)k->scratch[i];
-        if (learn_step(k, g, T, t, n)) goto done;
+        if (learn_bits(k, g, T, t, n)) {
+            err = 2;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (err) {
+        err == 1 ? bad_state() : not_bits();
+        goto done;
     }
     ret = Py_None;
     Py_INCREF(ret);
@@ -1250,17 +1277,183 @@ done:
     return ret;
 }
 
+/* The external input from an engine's stepper (_engine_step.h): the table of byte j of
+ * a stream comes from an engine step whose input is the stream's byte j - 1 (BOS at
+ * byte 0), which the decoder knows only once it has decoded that byte. */
+
+/* The inputs of the step of byte j, streams 0..n-1: their bytes j - 1 from the grid. */
+static void step_inputs(const uint8_t *g, i64 T, i64 j, i64 n, i64 bos, i64 *ids) {
+    for (i64 i = 0; i < n; i++) {
+        i64 v = bos;
+        if (j > 0) {
+            const uint8_t *bits = g + i * T + 8 * (j - 1);
+            v = 0;
+            for (int b = 0; b < 8; b++) v = v << 1 | bits[b];
+        }
+        ids[i] = v;
+    }
+}
+
+#if defined(__unix__) || defined(__APPLE__)
+#define TZ_SPECULATE 1
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#endif
+
+/* Speculative steps. The engine's step for byte j + 1 (~6 us) and cm's 8 bits of byte j
+ * (~7 us) would each wait for the other. A helper thread runs the step of byte j + 1
+ * while cm decodes byte j, on a guess of byte j (the match model's byte, else the
+ * engine's likeliest): where the guess was right its table is ready, where wrong the
+ * stream's step runs again with the decoded byte, overwriting the guess's key and value
+ * (the slot of position j + 1, which no other position reads before it). The tables are
+ * the stepper's for the decoded bytes either way: only the time depends on the guesses. */
+typedef struct {
+    TzStepper *st;
+    i64 *guess;      /* the posted step's inputs, streams 0..n-1 */
+    uint32_t *out;   /* where it writes their tables */
+    i64 n, j;
+#ifdef TZ_SPECULATE
+    atomic_int state; /* SPEC_IDLE, SPEC_POSTED, SPEC_DONE, SPEC_QUIT */
+    pthread_t thread;
+#endif
+    int running;
+} Spec;
+
+enum { SPEC_IDLE, SPEC_POSTED, SPEC_DONE, SPEC_QUIT };
+
+#ifdef TZ_SPECULATE
+static inline void spin_pause(unsigned *spins) {
+    /* a few microseconds of spinning, then give the core away (a loaded machine) */
+    if (++*spins < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    } else {
+        sched_yield();
+    }
+}
+
+static void *spec_worker(void *arg) {
+    Spec *sp = arg;
+    for (;;) {
+        unsigned spins = 0;
+        int s;
+        while ((s = atomic_load_explicit(&sp->state, memory_order_acquire)) != SPEC_POSTED &&
+               s != SPEC_QUIT)
+            spin_pause(&spins);
+        if (s == SPEC_QUIT) return NULL;
+        sp->st->step(sp->st, sp->guess, 0, (int)sp->n, sp->j, sp->out);
+        atomic_store_explicit(&sp->state, SPEC_DONE, memory_order_release);
+    }
+}
+
+static void spec_wait_done(Spec *sp) {
+    unsigned spins = 0;
+    while (atomic_load_explicit(&sp->state, memory_order_acquire) != SPEC_DONE)
+        spin_pause(&spins);
+}
+#endif
+
+/* The table of byte j of streams 0..n-1 into k->ext_tab (and ext_first = j): from the
+ * step posted during byte j - 1 where there is one (re-running the streams it guessed
+ * wrong), else computed here; then, if byte j + 1 is in this run, the step of byte
+ * j + 1 posted on guesses of byte j. */
+static void ext_step(Kernel *k, Spec *sp, uint32_t *bufs[2], i64 *ids, const uint8_t *g,
+                     i64 T, i64 j, i64 n, int post_next) {
+    TzStepper *st = sp->st;
+    step_inputs(g, T, j, n, st->V, ids);
+    uint32_t *tab;
+#ifdef TZ_SPECULATE
+    if (sp->running && sp->j == j) {
+        spec_wait_done(sp);
+        tab = sp->out;
+        for (i64 i = 0; i < n; i++)
+            if (sp->guess[i] != ids[i])
+                st->step(st, ids + i, (int)i, (int)i + 1, j, tab + i * 256);
+        atomic_store_explicit(&sp->state, SPEC_IDLE, memory_order_relaxed);
+        sp->j = -1;
+    } else
+#endif
+    {
+        tab = k->ext_tab == bufs[0] ? bufs[1] : bufs[0];
+        st->step(st, ids, 0, (int)n, j, tab);
+    }
+    k->ext_tab = tab;
+    k->ext_first = j;
+#ifdef TZ_SPECULATE
+    if (sp->running && post_next) {
+        for (i64 i = 0; i < n; i++) {
+            i64 v;
+            if (k->mok[i]) {
+                v = k->hist[k->mptr[i]];
+            } else { /* the engine's likeliest byte (the first of equals) */
+                const uint32_t *row = tab + i * 256;
+                v = 0;
+                for (int c = 1; c < 256; c++)
+                    if (row[c] > row[v]) v = c;
+            }
+            sp->guess[i] = v;
+        }
+        sp->out = tab == bufs[0] ? bufs[1] : bufs[0];
+        sp->n = n;
+        sp->j = j + 1;
+        atomic_store_explicit(&sp->state, SPEC_POSTED, memory_order_release);
+    }
+#else
+    (void)post_next;
+#endif
+}
+
+/* decode_run(grid, active, model_active, rows, x, cursor, limit, words, T, t0, t1,
+ * stepper=None, speculate=0): with a stepper, the external input's table of every byte
+ * is the stepper's, computed here before the byte's first bit (set_ext must have bound
+ * a writable uint32 (B, 1, 256) array; t0 on a byte boundary); with speculate, a helper
+ * thread runs the next byte's step meanwhile (Spec). */
 static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
-    PyObject *grid, *active;
+    PyObject *grid, *active, *stepper = Py_None;
     Py_ssize_t T, t0, t1;
+    int speculate = 0;
     Py_buffer mact, rows, xs, cursor, limit, words;
-    if (!PyArg_ParseTuple(args, "OOy*y*w*w*y*y*nnn", &grid, &active, &mact, &rows, &xs,
-                          &cursor, &limit, &words, &T, &t0, &t1))
+    if (!PyArg_ParseTuple(args, "OOy*y*w*w*y*y*nnn|Op", &grid, &active, &mact, &rows, &xs,
+                          &cursor, &limit, &words, &T, &t0, &t1, &stepper, &speculate))
         return NULL;
     Run r;
     PyObject *ret = NULL;
     i64 nk = rows.len / 8, nw = words.len / 2;
+    Spec sp;
+    memset(&sp, 0, sizeof sp);
+    sp.j = -1;
+    uint32_t *bufs[2] = {NULL, NULL};
+    i64 *ids = NULL;
     if (run_open(k, &r, grid, active, T, t0, t1, 1) < 0) goto done;
+    if (stepper != Py_None) {
+        sp.st = PyCapsule_GetPointer(stepper, TZ_STEPPER_CAPSULE);
+        if (!sp.st) goto done;
+        i64 b = k->prm[P_B];
+        if (!k->prm[P_NEXT] || !k->ext_held || !k->ext_u32 || k->ext_k != 1 || k->ext.readonly ||
+            k->ext.len != b * 256 * 4 || sp.st->V != 256 || sp.st->streams < b || t0 % 8) {
+            PyErr_SetString(PyExc_ValueError,
+                            "Kernel.decode_run: the stepper needs bound writable uint32 "
+                            "(B, 1, 256) tables, an engine of B streams, t0 on a byte");
+            goto done;
+        }
+        size_t nb = (size_t)(b > 0 ? b : 1);
+        ids = PyMem_Malloc(nb * sizeof(i64));
+        sp.guess = PyMem_Malloc(nb * sizeof(i64));
+        bufs[0] = k->ext.buf;
+        bufs[1] = PyMem_Malloc(nb * 256 * sizeof(uint32_t));
+        if (!ids || !sp.guess || !bufs[1]) {
+            PyErr_NoMemory();
+            goto done;
+        }
+#ifdef TZ_SPECULATE
+        if (speculate) {
+            atomic_init(&sp.state, SPEC_IDLE);
+            sp.running = pthread_create(&sp.thread, NULL, spec_worker, &sp) == 0;
+        }
+#endif
+    }
     if (mact.itemsize != 8 || mact.len < (t1 - t0) * 8 || rows.itemsize != 8 || xs.itemsize != 8 ||
         cursor.itemsize != 8 || limit.itemsize != 8 || words.itemsize != 2 ||
         xs.len / 8 < nk || cursor.len / 8 < nk || limit.len / 8 < nk) {
@@ -1280,6 +1473,7 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
         }
     for (i64 t = t0; t < t1; t++) {
         i64 n = act[t - t0], m = ma[t - t0];
+        if (sp.st && !(t & 7)) ext_step(k, &sp, bufs, ids, g, T, t >> 3, n, t + 8 < t1);
         if (predict_core(k, n, (int)(t & 7), t >> 3, k->scratch)) {
             bad_state();
             goto done;
@@ -1307,6 +1501,18 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
     ret = Py_None;
     Py_INCREF(ret);
 done:
+#ifdef TZ_SPECULATE
+    if (sp.running) { /* (a step is posted only for a byte of this run: none after the
+                       * loop, maybe one after an error) */
+        if (sp.j >= 0) spec_wait_done(&sp);
+        atomic_store_explicit(&sp.state, SPEC_QUIT, memory_order_release);
+        pthread_join(sp.thread, NULL);
+    }
+#endif
+    k->ext_tab = NULL;
+    PyMem_Free(ids);
+    PyMem_Free(sp.guess);
+    PyMem_Free(bufs[1]);
     run_close(&r);
     PyBuffer_Release(&mact);
     PyBuffer_Release(&rows);
@@ -1407,9 +1613,11 @@ static PyMethodDef Kernel_methods[] = {
      "active counts), known bits; "
      "P(1) of every step into p16 (T, B) uint16."},
     {"decode_run", (PyCFunction)Kernel_decode_run, METH_VARARGS,
-     "decode_run(grid, active, model_active, rows, x, cursor, limit, words, T, t0, t1): "
-     "(active, model_active: counts of steps t0..t1) "
-     "steps t0..t1, decoding the bits of grid rows `rows` with binary rANS in place."},
+     "decode_run(grid, active, model_active, rows, x, cursor, limit, words, T, t0, t1, "
+     "stepper=None, speculate=False): (active, model_active: counts of steps t0..t1) "
+     "steps t0..t1, decoding the bits of grid rows `rows` with binary rANS in place; "
+     "with an engine's stepper capsule, each byte's external input comes from it "
+     "(speculate: the next byte's step in a helper thread meanwhile)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_engine_step.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define TZ_X86 1
@@ -1387,6 +1389,77 @@ done:
     return ret;
 }
 
+/* ---- a C caller's step (_engine_step.h) ------------------------------------------ */
+
+/* The stepper holds the kernel and the caches (references and buffers) and one scratch,
+ * so that each step is run_step alone: no argument parsing, no allocation. */
+typedef struct {
+    TzStepper pub;
+    Kernel *k;
+    Py_buffer kc, vc;
+    Scratch sc;
+} Stepper;
+
+static void stepper_step(TzStepper *s, const int64_t *ids, int b0, int b1, int64_t t,
+                         uint32_t *out) {
+    Stepper *st = (Stepper *)s;
+    run_step(st->k, ids, b0, b1, st->pub.streams, t, st->kc.buf, st->vc.buf, out, &st->sc);
+}
+
+static void stepper_free(PyObject *capsule) {
+    Stepper *st = PyCapsule_GetPointer(capsule, TZ_STEPPER_CAPSULE);
+    if (!st) return;
+    PyBuffer_Release(&st->kc);
+    PyBuffer_Release(&st->vc);
+    free(st->sc.mem);
+    Py_DECREF(st->k);
+    PyMem_Free(st);
+}
+
+/* stepper(k_cache, v_cache): a capsule of a TzStepper over these caches (Engine.reset's). */
+static PyObject *Kernel_stepper(Kernel *self, PyObject *args) {
+    PyObject *kobj, *vobj;
+    if (!PyArg_ParseTuple(args, "OO", &kobj, &vobj)) return NULL;
+    Stepper *st = PyMem_Calloc(1, sizeof(Stepper));
+    if (!st) return PyErr_NoMemory();
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE;
+    if (PyObject_GetBuffer(kobj, &st->kc, flags) < 0) {
+        PyMem_Free(st);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(vobj, &st->vc, flags) < 0) {
+        PyBuffer_Release(&st->kc);
+        PyMem_Free(st);
+        return NULL;
+    }
+    size_t per_layer_stream = (size_t)self->H * self->hdp * self->W;
+    Py_ssize_t B = st->kc.len / (Py_ssize_t)(per_layer_stream * self->L);
+    if (st->kc.itemsize != 1 || st->vc.itemsize != 1 || st->kc.len != st->vc.len ||
+        (size_t)st->kc.len != (size_t)B * per_layer_stream * self->L || B < 1 ||
+        B > INT32_MAX || scratch_alloc(self, &st->sc, (size_t)B, (size_t)self->W, 0)) {
+        PyBuffer_Release(&st->kc);
+        PyBuffer_Release(&st->vc);
+        PyMem_Free(st);
+        PyErr_SetString(PyExc_ValueError, "engine kernel stepper: bad caches");
+        return NULL;
+    }
+    st->pub.step = stepper_step;
+    st->pub.V = self->V;
+    st->pub.streams = (int)B;
+    st->k = self;
+    Py_INCREF(self);
+    PyObject *cap = PyCapsule_New(st, TZ_STEPPER_CAPSULE, stepper_free);
+    if (!cap) {
+        st->pub.step = NULL;
+        PyBuffer_Release(&st->kc);
+        PyBuffer_Release(&st->vc);
+        free(st->sc.mem);
+        Py_DECREF(self);
+        PyMem_Free(st);
+    }
+    return cap;
+}
+
 static PyObject *Kernel_get_simd(Kernel *self, void *closure) {
     return PyBool_FromLong(self->simd);
 }
@@ -1401,6 +1474,8 @@ static PyMethodDef Kernel_methods[] = {
     {"forward", (PyCFunction)Kernel_forward, METH_VARARGS, "parallel pass of rows [b0, b1)"},
     {"ranges", (PyCFunction)Kernel_ranges, METH_VARARGS, "the encoder's symbol ranges"},
     {"decode", (PyCFunction)Kernel_decode, METH_VARARGS, "steps + rANS decode of rows"},
+    {"stepper", (PyCFunction)Kernel_stepper, METH_VARARGS,
+     "stepper(k_cache, v_cache): a capsule of the C step for another kernel's loop"},
     {NULL, NULL, 0, NULL},
 };
 

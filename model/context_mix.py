@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -1469,7 +1470,10 @@ class ContextMixPredictor(Predictor):
         """The frame's rANS payloads from the C loops (see Predictor.encode_frame).
 
         ``external(first_byte, n_bytes)``: the external input's (B, n_bytes, 256) tables
-        of those bytes, asked for once per block of ``block_bytes`` before it runs."""
+        of those bytes, asked for once per block of ``block_bytes``. A helper thread asks
+        for the next block's while the kernel (which lets go of the GIL) codes this one:
+        they only depend on the data, and the two take about as long (an engine pass,
+        cm's loop), so compressing costs about the longer of the two."""
         if not self.compiled or grid.dtype != np.uint8:
             return None
         n_rows, n_steps = grid.shape
@@ -1477,23 +1481,38 @@ class ContextMixPredictor(Predictor):
         self.begin(n_rows)
         grid = np.ascontiguousarray(grid)
         p16 = np.empty((n_steps, n_rows), dtype=np.uint16)
-        for t0, t1, active in self._blocks(n_steps, lengths, on_step, 8 * block_bytes):
-            if external is not None:
-                self.set_external(external(t0 // 8, (t1 - t0) // 8), t0 // 8)
-            self._kernel.encode_run(grid, active, p16, n_steps, t0, t1)
+        block = 8 * block_bytes
+        helper = ThreadPoolExecutor(1, "tinyzip-external") if external is not None else None
+        ahead: Future[np.ndarray] | None = None
+        try:
+            for t0, t1, active in self._blocks(n_steps, lengths, on_step, block):
+                if helper is not None:
+                    tables = ahead.result() if ahead else external(t0 // 8, (t1 - t0) // 8)
+                    self.set_external(tables, t0 // 8)
+                    t2 = min(n_steps, t1 + block)
+                    ahead = helper.submit(external, t1 // 8, (t2 - t1) // 8) if t2 > t1 else None
+                self._kernel.encode_run(grid, active, p16, n_steps, t0, t1)
+        finally:
+            if helper is not None:
+                helper.shutdown(wait=True)
         self._finish_run(n_steps, lengths)
         return list(_cm_kernel.encode_binary(p16, grid, lengths, n_steps))
 
     def decode_frame(
         self, grid: np.ndarray, lengths: np.ndarray, rows: np.ndarray, decoder: Any,
         on_step: Any = None, external: Any = None, trusted_tables: bool = False,
+        stepper: Any = None, tables: np.ndarray | None = None, speculate: bool = False,
     ) -> bool:  # fmt: skip
         """Decode the frame's model rows with the C loops (see Predictor.decode_frame).
 
         ``external(first_byte, 1)``: as for encode_frame, asked for before every byte
         (its table may depend on the bytes decoded so far, which are in ``grid``);
         ``trusted_tables``: it returns (B, 1, 256) uint32, or int64 in range, handed to
-        the kernel as they are."""
+        the kernel as they are. Or ``stepper`` (Engine.stepper(), reset to the frame's
+        streams) with ``tables`` (B, 1, 256) uint32 for it to write: the kernel steps the
+        engine itself before every byte, with no Python call between bytes (``speculate``:
+        each next byte's step in a helper thread, on a guess of the byte; the same tables,
+        sooner where the guess holds)."""
         if not self.compiled or grid.dtype != np.uint8 or decoder.freq_bits != 16:
             return False
         n_rows, n_steps = grid.shape
@@ -1504,8 +1523,19 @@ class ContextMixPredictor(Predictor):
         x, cursor, limit, words = decoder.raw_state()
         # uint32 tables of the right shape, read in place: nothing to check or convert
         fast_ext = trusted_tables and self.external_input
+        if stepper is not None:
+            if not self.external_input or tables is None or external is not None:
+                raise ValueError("a stepper needs external_input=True and tables, no external")
+            self._kernel.set_ext(tables, 0)
         for t0, t1, active in self._blocks(n_steps, lengths, on_step):
             model_active = active_counts(model_lengths, t0, t1)
+            if stepper is not None:
+                self._kernel.decode_run(
+                    grid, active, model_active, rows, x, cursor, limit, words, n_steps, t0,
+                    t1, stepper, speculate,
+                )  # fmt: skip
+                decoder.account(model_active)
+                continue
             # With an external input, one byte at a time: its table may depend on the
             # bytes decoded just before.
             step = 8 if external is not None else t1 - t0

@@ -627,26 +627,18 @@ class Engine:
         self._t += 1
         return self._tables(x[:, 0])
 
-    def step_into(self, tokens: np.ndarray, tables: np.ndarray) -> None:
-        """``step`` for a caller's per-symbol loop, compiled engine only: tokens (n,) int64
-        C-contiguous -> tables[:n] (C-contiguous uint32 rows of V), written in place.
-
-        The kernel still checks the ids and shapes; what this skips is step's Python
-        work (conversions, a new table array), a third of cm+transformer's decoding time.
-        """
+    def stepper(self) -> object:
+        """``step`` as a C call for another kernel's loop (model/_engine_step.h), compiled
+        engine only: a capsule bound to this engine's caches, valid until the next
+        ``reset``. Its caller feeds positions in order from the current one and says how
+        far it got with ``stepped_to``."""
         if self._kernel is None or self._kv is None:
-            raise UsageError("step_into needs the compiled engine and reset()")
-        n = tokens.shape[0]
-        if n > self._n_streams:
-            raise UsageError(f"step got {n} tokens, reset() started {self._n_streams} streams")
-        k_cache, v_cache, t, out = self._kv[0], self._kv[1], self._t, tables[:n]
-        step = self._kernel.step  # type: ignore[attr-defined]
-        if n < 2 * _MIN_STREAMS_PER_THREAD:
-            step(tokens, t, k_cache, v_cache, out)
-        else:
-            self._split(lambda b0, b1: step(tokens, t, k_cache, v_cache, out, b0, b1), n,
-                        _MIN_STREAMS_PER_THREAD)
-        self._t += 1
+            raise UsageError("stepper needs the compiled engine and reset()")
+        return self._kernel.stepper(*self._kv)  # type: ignore[attr-defined]
+
+    def stepped_to(self, position: int) -> None:
+        """The position after a stepper's caller fed its tokens up to ``position``."""
+        self._t = int(position)
 
     # ---- whole frames (compiled only) ----------------------------------------------
 

@@ -68,6 +68,29 @@ def test_compiled_frames_equal_the_lockstep_reference(
     assert tinyzip.decompress(a, model=slow) == data
 
 
+@needs_kernel
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_decoding_steps_the_engine_in_c_with_or_without_a_helper_thread(
+    ckpt_path: Path, threads: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decoder's kernel steps the engine itself; with 2 threads a helper runs each next
+    # byte's step on a guess. Three streams of unequal length, past the kernel's runs of
+    # 8192 bytes, repeats (the match model's guesses hold) between random bytes (they
+    # fail): the archive is the encoder's either way, and decodes.
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    rng = random.Random(11)
+    data = b"".join(
+        LOG[: rng.randrange(40, 400)] + rng.randbytes(rng.randrange(1, 30)) for _ in range(140)
+    )
+    pred = mixed(ckpt_path)
+    assert pred.transformer.engine.threads == int(threads)
+    blob = tinyzip.compress(data, model=pred, streams=3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert blob == tinyzip.compress(data, model=mixed(ckpt_path), streams=3)
+    assert len(data) > 3 * 8192 and len(blob) < len(data) // 2
+    assert tinyzip.decompress(blob, model=pred) == data
+
+
 @pytest.mark.parametrize(
     "data", [b"", b"x", bytes(range(256)), b"\xff\xfe\x80 not utf-8 \xc3\x28\n" * 9]
 )
