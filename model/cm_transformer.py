@@ -127,7 +127,7 @@ class CmTransformerPredictor(Predictor):
         return self.cm.encode_frame(
             grid, lengths, on_step, external=lambda first, count: self.block_tables(
                 data, first, count
-            ), block_bytes=self.ENCODE_BLOCK,
+            ), block_bytes=self.ENCODE_BLOCK, prefetch=self.transformer.engine.threads > 1,
         )  # fmt: skip
 
     def block_tables(self, data: np.ndarray, first: int, count: int) -> np.ndarray:

@@ -1465,15 +1465,15 @@ class ContextMixPredictor(Predictor):
 
     def encode_frame(
         self, grid: np.ndarray, lengths: np.ndarray, on_step: Any = None,
-        external: Any = None, block_bytes: int = 1 << 13,
+        external: Any = None, block_bytes: int = 1 << 13, prefetch: bool = False,
     ) -> list[bytes] | None:  # fmt: skip
         """The frame's rANS payloads from the C loops (see Predictor.encode_frame).
 
         ``external(first_byte, n_bytes)``: the external input's (B, n_bytes, 256) tables
-        of those bytes, asked for once per block of ``block_bytes``. A helper thread asks
-        for the next block's while the kernel (which lets go of the GIL) codes this one:
-        they only depend on the data, and the two take about as long (an engine pass,
-        cm's loop), so compressing costs about the longer of the two."""
+        of those bytes, asked for once per block of ``block_bytes``. With ``prefetch``, a
+        helper thread asks for the next block's while the kernel (which lets go of the
+        GIL) codes this one: they only depend on the data, and the two take about as long
+        (an engine pass, cm's loop), so compressing costs about the longer of the two."""
         if not self.compiled or grid.dtype != np.uint8:
             return None
         n_rows, n_steps = grid.shape
@@ -1482,15 +1482,16 @@ class ContextMixPredictor(Predictor):
         grid = np.ascontiguousarray(grid)
         p16 = np.empty((n_steps, n_rows), dtype=np.uint16)
         block = 8 * block_bytes
-        helper = ThreadPoolExecutor(1, "tinyzip-external") if external is not None else None
+        helper = ThreadPoolExecutor(1, "tinyzip-external") if prefetch and external else None
         ahead: Future[np.ndarray] | None = None
         try:
             for t0, t1, active in self._blocks(n_steps, lengths, on_step, block):
-                if helper is not None:
+                if external is not None:
                     tables = ahead.result() if ahead else external(t0 // 8, (t1 - t0) // 8)
                     self.set_external(tables, t0 // 8)
                     t2 = min(n_steps, t1 + block)
-                    ahead = helper.submit(external, t1 // 8, (t2 - t1) // 8) if t2 > t1 else None
+                    ahead = (helper.submit(external, t1 // 8, (t2 - t1) // 8)
+                             if helper is not None and t2 > t1 else None)
                 self._kernel.encode_run(grid, active, p16, n_steps, t0, t1)
         finally:
             if helper is not None:

@@ -70,13 +70,14 @@ def test_compiled_frames_equal_the_lockstep_reference(
 
 @needs_kernel
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_decoding_steps_the_engine_in_c_with_or_without_a_helper_thread(
+def test_coding_with_or_without_the_helper_threads(
     ckpt_path: Path, threads: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The decoder's kernel steps the engine itself; with 2 threads a helper runs each next
-    # byte's step on a guess. Three streams of unequal length, past the kernel's runs of
-    # 8192 bytes, repeats (the match model's guesses hold) between random bytes (they
-    # fail): the archive is the encoder's either way, and decodes.
+    # byte's step on a guess, and the encoder's helper computes the next 8 KiB block's
+    # tables. Three streams of unequal length, past the kernel's runs of 8192 bytes,
+    # repeats (the match model's guesses hold) between random bytes (they fail): the
+    # archive is the one-thread encoder's either way, and decodes.
     monkeypatch.setenv("OMP_NUM_THREADS", threads)
     rng = random.Random(11)
     data = b"".join(

@@ -93,7 +93,9 @@ def _build_parser(action: str | None) -> argparse.ArgumentParser:
                         help="overwrite outputs; write compressed data to a terminal")
     parser.add_argument("-r", "--recursive", action="store_true", help="operate on directories")
     parser.add_argument("-T", "--threads", type=int, metavar="N",
-                        help="threads for the model's matrix products (default: all cores)")
+                        help="threads for the model: its matrix products and, beside cm, a "
+                        "helper thread running the model while cm codes (1: none; default: all "
+                        "cores; archives are the same whatever N)")
     parser.add_argument("-m", "--model", metavar="MODEL",
                         help="model: a .tzm checkpoint trained on your logs (path or shipped "
                         "name), 'cm' (the built-in adaptive model, no checkpoint) or 'zstd' (no "
