@@ -1281,17 +1281,10 @@ done:
  * a stream comes from an engine step whose input is the stream's byte j - 1 (BOS at
  * byte 0), which the decoder knows only once it has decoded that byte. */
 
-/* The inputs of the step of byte j, streams 0..n-1: their bytes j - 1 from the grid. */
-static void step_inputs(const uint8_t *g, i64 T, i64 j, i64 n, i64 bos, i64 *ids) {
-    for (i64 i = 0; i < n; i++) {
-        i64 v = bos;
-        if (j > 0) {
-            const uint8_t *bits = g + i * T + 8 * (j - 1);
-            v = 0;
-            for (int b = 0; b < 8; b++) v = v << 1 | bits[b];
-        }
-        ids[i] = v;
-    }
+/* The inputs of the step of byte j, streams 0..n-1: their bytes j - 1, the low byte of
+ * the history word (BOS at byte 0). */
+static void step_inputs(const Kernel *k, i64 j, i64 n, i64 bos, i64 *ids) {
+    for (i64 i = 0; i < n; i++) ids[i] = j > 0 ? (i64)(k->h8[i] & 0xFF) : bos;
 }
 
 #if defined(__unix__) || defined(__APPLE__)
@@ -1359,10 +1352,10 @@ static void spec_wait_done(Spec *sp) {
  * step posted during byte j - 1 where there is one (re-running the streams it guessed
  * wrong), else computed here; then, if byte j + 1 is in this run, the step of byte
  * j + 1 posted on guesses of byte j. */
-static void ext_step(Kernel *k, Spec *sp, uint32_t *bufs[2], i64 *ids, const uint8_t *g,
-                     i64 T, i64 j, i64 n, int post_next) {
+static void ext_step(Kernel *k, Spec *sp, uint32_t *bufs[2], i64 *ids, i64 j, i64 n,
+                     int post_next) {
     TzStepper *st = sp->st;
-    step_inputs(g, T, j, n, st->V, ids);
+    step_inputs(k, j, n, st->V, ids);
     uint32_t *tab;
 #ifdef TZ_SPECULATE
     if (sp->running && sp->j == j) {
@@ -1375,8 +1368,8 @@ static void ext_step(Kernel *k, Spec *sp, uint32_t *bufs[2], i64 *ids, const uin
         sp->j = -1;
     } else
 #endif
-    {
-        tab = k->ext_tab == bufs[0] ? bufs[1] : bufs[0];
+    { /* (with a helper, only at a run's first byte: nothing is posted yet) */
+        tab = bufs[0];
         st->step(st, ids, 0, (int)n, j, tab);
     }
     k->ext_tab = tab;
@@ -1473,7 +1466,7 @@ static PyObject *Kernel_decode_run(Kernel *k, PyObject *args) {
         }
     for (i64 t = t0; t < t1; t++) {
         i64 n = act[t - t0], m = ma[t - t0];
-        if (sp.st && !(t & 7)) ext_step(k, &sp, bufs, ids, g, T, t >> 3, n, t + 8 < t1);
+        if (sp.st && !(t & 7)) ext_step(k, &sp, bufs, ids, t >> 3, n, t + 8 < t1);
         if (predict_core(k, n, (int)(t & 7), t >> 3, k->scratch)) {
             bad_state();
             goto done;

@@ -1406,14 +1406,18 @@ static void stepper_step(TzStepper *s, const int64_t *ids, int b0, int b1, int64
     run_step(st->k, ids, b0, b1, st->pub.streams, t, st->kc.buf, st->vc.buf, out, &st->sc);
 }
 
+/* Releases what a stepper holds (the kernel only once it holds it). */
+static void stepper_release(Stepper *st) {
+    if (st->kc.obj) PyBuffer_Release(&st->kc);
+    if (st->vc.obj) PyBuffer_Release(&st->vc);
+    free(st->sc.mem);
+    Py_XDECREF(st->k);
+    PyMem_Free(st);
+}
+
 static void stepper_free(PyObject *capsule) {
     Stepper *st = PyCapsule_GetPointer(capsule, TZ_STEPPER_CAPSULE);
-    if (!st) return;
-    PyBuffer_Release(&st->kc);
-    PyBuffer_Release(&st->vc);
-    free(st->sc.mem);
-    Py_DECREF(st->k);
-    PyMem_Free(st);
+    if (st) stepper_release(st);
 }
 
 /* stepper(k_cache, v_cache): a capsule of a TzStepper over these caches (Engine.reset's). */
@@ -1423,13 +1427,9 @@ static PyObject *Kernel_stepper(Kernel *self, PyObject *args) {
     Stepper *st = PyMem_Calloc(1, sizeof(Stepper));
     if (!st) return PyErr_NoMemory();
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE;
-    if (PyObject_GetBuffer(kobj, &st->kc, flags) < 0) {
-        PyMem_Free(st);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(vobj, &st->vc, flags) < 0) {
-        PyBuffer_Release(&st->kc);
-        PyMem_Free(st);
+    if (PyObject_GetBuffer(kobj, &st->kc, flags) < 0 ||
+        PyObject_GetBuffer(vobj, &st->vc, flags) < 0) {
+        stepper_release(st);
         return NULL;
     }
     size_t per_layer_stream = (size_t)self->H * self->hdp * self->W;
@@ -1437,9 +1437,7 @@ static PyObject *Kernel_stepper(Kernel *self, PyObject *args) {
     if (st->kc.itemsize != 1 || st->vc.itemsize != 1 || st->kc.len != st->vc.len ||
         (size_t)st->kc.len != (size_t)B * per_layer_stream * self->L || B < 1 ||
         B > INT32_MAX || scratch_alloc(self, &st->sc, (size_t)B, (size_t)self->W, 0)) {
-        PyBuffer_Release(&st->kc);
-        PyBuffer_Release(&st->vc);
-        PyMem_Free(st);
+        stepper_release(st);
         PyErr_SetString(PyExc_ValueError, "engine kernel stepper: bad caches");
         return NULL;
     }
@@ -1449,14 +1447,7 @@ static PyObject *Kernel_stepper(Kernel *self, PyObject *args) {
     st->k = self;
     Py_INCREF(self);
     PyObject *cap = PyCapsule_New(st, TZ_STEPPER_CAPSULE, stepper_free);
-    if (!cap) {
-        st->pub.step = NULL;
-        PyBuffer_Release(&st->kc);
-        PyBuffer_Release(&st->vc);
-        free(st->sc.mem);
-        Py_DECREF(self);
-        PyMem_Free(st);
-    }
+    if (!cap) stepper_release(st);
     return cap;
 }
 
