@@ -60,7 +60,8 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_IND2 = 18, K_MATCHBYTE = 19, K_PTEMPLATE = 20, K_FIELDABOVE = 21, K_TMPLABOVE = 22,
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
        K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_WORDGAP = 32,
-       K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_LAST = K_GAPWORDS };
+       K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_KEYWORD = 36, K_TMPLNEXT2 = 37,
+       K_LAST = K_TMPLNEXT2 };
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
@@ -71,10 +72,11 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
 #define TTAB_BITS 18 /* the token table of tokabove (TTAB_BITS) */
 #define KTAB_BITS 18 /* the key table of keyvalue (KTAB_BITS) */
 #define NTAB_BITS 18 /* tmplnext's value and successor tables (NTAB_BITS) */
+enum { N2_FS, N2_B, N2_CMP, NEXT2_COLS }; /* tmplnext2's per-stream state (NEXT2_COLS) */
 /* the per-stream text state (TEXT_COLS in context_mix.py): the case-folded word so far
  * (0 between words), the two words before it, the gap before it and the one before that,
- * the last four bytes as classes */
-enum { T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, TEXT_COLS };
+ * the last four bytes as classes, the last word before a ':' or '=' */
+enum { T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, T_KEY, TEXT_COLS };
 
 /* Byte classes of the "shape" context (BYTE_CLASS in context_mix.py): digit 0, upper 1,
  * lower 2, space 3, newline 4, other printable ASCII 5, control 6, >= 128 7. */
@@ -125,7 +127,8 @@ enum {
     A_SELOFF, A_SELKINDS, A_TMPL, A_IND2, A_RECIPAPM, A_PTMPL, A_CFIELDS, A_PFIELDS,
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
-    A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, A_TEXT, N_ARRAYS
+    A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, A_TEXT, A_VTAB2,
+    A_NTAB2, A_NEXT2, N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
     "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
@@ -135,7 +138,8 @@ static const char *array_names[N_ARRAYS] = {
     "sel_off", "sel_kinds", "tmpl", "ind2", "recip_apm", "ptmpl", "cfields", "pfields",
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
     "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
-    "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp", "text",
+    "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp", "text", "vtab2",
+    "ntab2", "next2",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -202,7 +206,14 @@ typedef struct {
     i64 *ntab, *nkey, *nfs, *nb, *ncmp;
     int uses_ntab;
     i64 *nwkey, *skey; /* per-stream scratch: the value-table write, the successor key */
-    /* wordgap, blockword, charmask, gapwords: per stream TEXT_COLS words (text_step) */
+    /* tmplnext2: the value before the last by the same key, the second-order successor
+     * table (by the key and both values), and per stream (NEXT2_COLS) its entry, the byte
+     * it predicts, how the field compares; the successor key (scratch) */
+    u64 *vtab2;
+    i64 *ntab2, *next2, *skey2;
+    int uses_ntab2;
+    /* wordgap, blockword, charmask, gapwords, keyword: per stream TEXT_COLS words
+     * (text_step) */
     u64 *text;
     int uses_text;
     u64 *nwval;
@@ -244,6 +255,7 @@ static void Kernel_dealloc(Kernel *self) {
     PyMem_Free(self->kkey);
     PyMem_Free(self->nwkey);
     PyMem_Free(self->skey);
+    PyMem_Free(self->skey2);
     PyMem_Free(self->nwval);
     PyMem_Free(self->scratch);
     PyMem_Free(self->y);
@@ -303,6 +315,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_APM4] = self->prm[P_APM4] ? APM4_SIZE * APM_POINTS : 0, [A_MISSES] = b,
         [A_VTAB] = (i64)1 << NTAB_BITS, [A_NTAB] = (i64)1 << NTAB_BITS, [A_NVAL] = b,
         [A_NKEY] = b, [A_NFS] = b, [A_NB] = b, [A_NCMP] = b, [A_TEXT] = b * TEXT_COLS,
+        [A_VTAB2] = (i64)1 << NTAB_BITS, [A_NTAB2] = (i64)1 << NTAB_BITS,
+        [A_NEXT2] = b * NEXT2_COLS,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -343,6 +357,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->vtab = V(A_VTAB); self->ntab = V(A_NTAB); self->nval = V(A_NVAL);
     self->text = (u64 *)V(A_TEXT);
     self->nkey = V(A_NKEY); self->nfs = V(A_NFS); self->nb = V(A_NB); self->ncmp = V(A_NCMP);
+    self->vtab2 = V(A_VTAB2); self->ntab2 = V(A_NTAB2); self->next2 = V(A_NEXT2);
 #undef V
     self->uses_ind1 = 0;
     self->uses_ind4 = 0;
@@ -355,6 +370,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->uses_tokrun = 0;
     self->uses_ktab = 0;
     self->uses_ntab = 0;
+    self->uses_ntab2 = 0;
     self->uses_text = 0;
     for (i64 j = 0; j < nc; j++) {
         i64 kd = self->kinds[j];
@@ -369,8 +385,9 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_ind1 |= kd == K_IND1;
         self->uses_ind4 |= kd == K_IND4;
         self->uses_align |= kd == K_ALIGN;
-        self->uses_ntab |= kd == K_TMPLNEXT;
-        self->uses_text |= kd >= K_WORDGAP && kd <= K_GAPWORDS;
+        self->uses_ntab |= kd == K_TMPLNEXT || kd == K_TMPLNEXT2; /* the value table */
+        self->uses_ntab2 |= kd == K_TMPLNEXT2;
+        self->uses_text |= (kd >= K_WORDGAP && kd <= K_GAPWORDS) || kd == K_KEYWORD;
         if (kd < 0 || kd > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
@@ -398,13 +415,14 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->kkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->nwkey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->skey = PyMem_Malloc(sizeof(i64) * (size_t)bb);
+    self->skey2 = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->nwval = PyMem_Malloc(sizeof(u64) * (size_t)bb);
     self->scratch = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     self->y = PyMem_Malloc(sizeof(i64) * (size_t)bb);
     if (!self->key || !self->ikey || !self->ival || !self->a3idx || !self->a3val ||
         !self->a4idx || !self->a4val || !self->p16last || !self->xkey || !self->xval ||
         !self->fkey || !self->tkey || !self->kkey || !self->nwkey || !self->skey || !self->nwval ||
-        !self->scratch || !self->y) {
+        !self->skey2 || !self->scratch || !self->y) {
         PyErr_NoMemory();
         return -1;
     }
@@ -544,6 +562,12 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
         entry_bytes(k, i, k->nfs[i], foff, nb);
         k->nb[i] = (i64)nb[0];
     }
+    if (k->uses_ntab2) { /* tmplnext2: the same after the last two values */
+        u64 nb[2];
+        i64 *n2 = k->next2 + i * NEXT2_COLS;
+        entry_bytes(k, i, n2[N2_FS], foff, nb);
+        n2[N2_B] = (i64)nb[0];
+    }
     for (i64 j = 0; j < nc; j++) {
         i64 kind = k->kinds[j];
         u64 v;
@@ -593,6 +617,12 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
         case K_TMPLNEXT: /* its byte, how this field compares so far, the field index */
             v = ((((u64)k->nb[i] << 2) | (u64)k->ncmp[i]) * H1 + (u64)k->field[i]) * H2;
             break;
+        case K_TMPLNEXT2: { /* the same for tmplnext2 */
+            const i64 *n2 = k->next2 + i * NEXT2_COLS;
+            v = ((((u64)n2[N2_B] << 2) | (u64)n2[N2_CMP]) * H1 + (u64)k->field[i]) * H3;
+            break;
+        }
+        case K_KEYWORD: v = ((tx[T_KEY] * H2 + tx[T_W0]) * H3 + c1) * H1; break;
         case K_WORDGAP: v = (tx[T_W0] * H3 + tx[T_G0]) * H1; break;
         case K_BLOCKWORD: v = ((u64)(pos >> 10) * H3 + tx[T_W0]) * H1; break;
         case K_CHARMASK: v = tx[T_MASK] * H2; break;
@@ -681,6 +711,9 @@ static void next_field(Kernel *k, i64 i, i64 byte) {
     int nl = byte == 10, sep = nl || byte == 32;
     i64 f = k->field[i];
     k->ncmp[i] = compare_step(k->ncmp[i], byte, k->nb[i], sep);
+    i64 *n2 = k->next2 + i * NEXT2_COLS;
+    if (k->uses_ntab2) n2[N2_CMP] = compare_step(n2[N2_CMP], byte, n2[N2_B], sep);
+    k->skey2[i] = -1;
     k->nwkey[i] = sep ? k->nkey[i] : -1;
     k->nwval[i] = k->nval[i] + 1;
     k->nval[i] = sep ? 0 : (k->nval[i] + (u64)byte + 1) * H2;
@@ -694,6 +727,12 @@ static void next_field(Kernel *k, i64 i, i64 byte) {
         k->skey[i] = (i64)(h >> (64 - NTAB_BITS));
         k->nfs[i] = k->ntab[k->skey[i]];
         k->nkey[i] = key;
+        if (k->uses_ntab2) { /* by the value before the last as well */
+            u64 h2 = ((k->vtab2[key] * H3 + k->vtab[key]) + t) * H1;
+            h2 = (h2 ^ (h2 >> 29)) * H2;
+            k->skey2[i] = (i64)(h2 >> (64 - NTAB_BITS));
+            n2[N2_FS] = k->ntab2[k->skey2[i]];
+        }
     } else if (byte == 32) /* a space in the last field (saturated) opens none */
         k->nkey[i] = -1;
 }
@@ -721,6 +760,7 @@ static void text_step(u64 *tx, i64 byte, int is_word) {
             tx[T_W1] = tx[T_W0];
             tx[T_W0] = 0;
         }
+        if (c == ':' || c == '=') tx[T_KEY] = tx[T_W1];
     }
     tx[T_MASK] = ((tx[T_MASK] << 8) | cls) & 0xFFFFFFFFULL;
 }
@@ -881,6 +921,9 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         for (i64 i = 0; i < n; i++) k->ind1[k->xkey[2 * i]] = k->xval[2 * i];
     if (k->uses_ind4)
         for (i64 i = 0; i < n; i++) k->ind4[k->xkey[2 * i + 1]] = k->xval[2 * i + 1];
+    if (k->uses_ntab2) /* the values being replaced, all read before any is written */
+        for (i64 i = 0; i < n; i++)
+            if (k->nwkey[i] >= 0) k->vtab2[k->nwkey[i]] = k->vtab[k->nwkey[i]];
     if (k->uses_ntab)
         for (i64 i = 0; i < n; i++)
             if (k->nwkey[i] >= 0) k->vtab[k->nwkey[i]] = k->nwval[i];
@@ -890,6 +933,7 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
     if (k->uses_ttab) keep_latest(k->ttab, k->tkey, n, nxt);
     if (k->uses_ktab) keep_latest(k->ktab, k->kkey, n, nxt);
     if (k->uses_ntab) keep_latest(k->ntab, k->skey, n, nxt);
+    if (k->uses_ntab2) keep_latest(k->ntab2, k->skey2, n, nxt);
     if (nxt >= mmin) keep_latest(k->mtab, k->key, n, nxt);
 }
 

@@ -72,7 +72,7 @@ CONTEXT_NAMES = (
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
     "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
     "keyvalue", "tokrun", "ind1", "ind4", "align", "tmplnext", "wordgap", "blockword",
-    "charmask", "gapwords",
+    "charmask", "gapwords", "keyword", "tmplnext2",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -88,12 +88,13 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # with PRESETS["l3-2026-12c"]; keyvalue, and tokrun in tokcmp's place, with
     # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"]; tmplnext
     # with PRESETS["l3-2026-12i"]; wordgap, blockword, charmask and gapwords in the place
-    # of word and field with PRESETS["l3-2026-12j"])
+    # of word and field with PRESETS["l3-2026-12j"]; keyword and tmplnext2 with
+    # PRESETS["l3-2026-12k"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "bigram", "column", "linepos", "shape",
         "above2", "shapefield", "template", "ind2", "matchbyte", "ptemplate", "fieldabove",
         "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun", "ind1", "ind4", "align",
-        "tmplnext", "wordgap", "blockword", "charmask", "gapwords",
+        "tmplnext", "wordgap", "blockword", "charmask", "gapwords", "keyword", "tmplnext2",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -123,8 +124,8 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use 31.3 M (the 28 hashed contexts of level 3 at 2**20 counters each, the mixer weights
-# and APMs: 239 MiB): room for two more contexts at level 3.
+# use 33.4 M (the 30 hashed contexts of level 3 at 2**20 counters each, the mixer weights
+# and APMs: 255 MiB): no room for another context at level 3 without raising it.
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -277,13 +278,18 @@ KTAB_BITS = 18
 #: field that followed it began (as the field table). Sequences of values a log statement
 #: prints again (line numbers, module names, test names in a rerun) come back in order.
 NTAB_BITS = 18
+#: tmplnext2: the same by the field's last two values (a value table of the value before
+#: the last, beside tmplnext's, and a successor table of its own, NTAB_BITS each); per
+#: stream its successor entry, the byte that predicts, how the field compares so far
+N2_FS, N2_B, N2_CMP, NEXT2_COLS = range(4)
 ALNUM = np.zeros(256, dtype=bool)
 ALNUM[list(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")] = True
-# The text state of wordgap, blockword, charmask and gapwords (_text_step), TEXT_COLS
-# words per stream: the case-folded word so far (0 between words), the two words before
-# it, the gap before it and the one before that, the last four bytes as classes. Words
-# are runs of WORD_BYTE (paq8px's word model folds case and counts digits in words too).
-T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, TEXT_COLS = range(7)
+# The text state of wordgap, blockword, charmask, gapwords and keyword (_text_step),
+# TEXT_COLS words per stream: the case-folded word so far (0 between words), the two words
+# before it, the gap before it and the one before that, the last four bytes as classes,
+# the last word before a ':' or '=' (paq8px's keyword0). Words are runs of WORD_BYTE
+# (paq8px's word model folds case and counts digits in words too).
+T_W0, T_W1, T_W2, T_G0, T_G1, T_MASK, T_KEY, TEXT_COLS = range(8)
 TEXT_CONTEXTS = ("wordgap", "blockword", "charmask", "gapwords")
 FOLD = np.arange(256, dtype=np.uint64)  # A-Z to a-z
 FOLD[65:91] += np.uint64(32)
@@ -452,8 +458,11 @@ class ContextMixPredictor(Predictor):
         self._uses_tokcmp = bool({"tokcmp", "tokrun"} & set(self.contexts))
         self._uses_tokrun = "tokrun" in self.contexts
         self._uses_ktab = "keyvalue" in self.contexts  # ... and the key table
-        self._uses_ntab = "tmplnext" in self.contexts  # ... and tmplnext's tables
-        self._uses_text = bool(set(TEXT_CONTEXTS) & set(self.contexts))  # ... the text state
+        # ... and tmplnext's tables (tmplnext2 reads the value table too)
+        self._uses_ntab = bool({"tmplnext", "tmplnext2"} & set(self.contexts))
+        self._uses_ntab2 = "tmplnext2" in self.contexts  # ... and tmplnext2's own
+        # ... the text state
+        self._uses_text = bool({*TEXT_CONTEXTS, "keyword"} & set(self.contexts))
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
@@ -795,6 +804,13 @@ class ContextMixPredictor(Predictor):
         self._nb = np.full(b, 256, dtype=np.int64)
         self._ncmp = np.zeros(b, dtype=np.int64)
         self._text = np.zeros((b, TEXT_COLS), dtype=np.uint64)  # see TEXT_COLS
+        # tmplnext2: the value before the last by the same key (beside the value table),
+        # the successor table by the key and both values, and per stream (NEXT2_COLS) its
+        # entry, the byte it predicts, how the field compares so far
+        self._vtab2 = np.zeros(1 << NTAB_BITS, dtype=np.uint64)
+        self._ntab2 = np.zeros(1 << NTAB_BITS, dtype=np.int64)
+        self._next2 = np.zeros((b, NEXT2_COLS), dtype=np.int64)
+        self._next2[:, N2_B] = 256
         # Match model. Each stream owns a ring of the history buffer; the hash table of
         # the last match_min bytes is shared, so a stream can continue another's repeat.
         self._ring_bits = max(self.history_bits - max(0, (max(b, 1) - 1).bit_length()), 10)
@@ -828,7 +844,7 @@ class ContextMixPredictor(Predictor):
             self._toksep, self._tokdiffs, self._ktab, self._kvc, self._kvb, self._kvcmp,
             self._ind1, self._ind4, self._align, self._apm3, self._apm4, self._misses,
             self._vtab, self._ntab, self._nval, self._nkey, self._nfs, self._nb, self._ncmp,
-            self._text,
+            self._text, self._vtab2, self._ntab2, self._next2,
         )  # fmt: skip
         params = (
             self._b, self._n_ctx, self._n_inputs, self._n_cols, self._c_apm, self._c_w,
@@ -876,6 +892,9 @@ class ContextMixPredictor(Predictor):
             self._kvb[:n] = kv[0].astype(np.int64)
         if self._uses_ntab:  # tmplnext's byte: in the field that followed this value last time
             self._nb[:n] = self._entry_bytes(n, self._nfs[:n], self._field_offset(n))[0]
+        if self._uses_ntab2:  # ... and tmplnext2's, after the last two values
+            n2 = self._next2[:n]
+            n2[:, N2_B] = self._entry_bytes(n, n2[:, N2_FS], self._field_offset(n))[0]
         tx = self._text[:n]
         for j, c in self._log_cols:
             if c == "word":
@@ -945,6 +964,12 @@ class ContextMixPredictor(Predictor):
             elif c == "tmplnext":  # its byte, how this field compares so far, the field index
                 h = ((self._nb[:n] << 2) | self._ncmp[:n]).astype(np.uint64) * _u64(_H1)
                 v = (h + self._field[:n].astype(np.uint64)) * _u64(_H2)
+            elif c == "tmplnext2":  # the same for tmplnext2
+                n2 = self._next2[:n]
+                h = ((n2[:, N2_B] << 2) | n2[:, N2_CMP]).astype(np.uint64) * _u64(_H1)
+                v = (h + self._field[:n].astype(np.uint64)) * _u64(_H3)
+            elif c == "keyword":  # the last word before a ':' or '=', the word, the last byte
+                v = ((tx[:, T_KEY] * _u64(_H2) + tx[:, T_W0]) * _u64(_H3) + c1) * _u64(_H1)
             elif c == "wordgap":  # the case-folded word so far, the gap before it
                 v = (tx[:, T_W0] * _u64(_H3) + tx[:, T_G0]) * _u64(_H1)
             elif c == "blockword":  # the same word, the 1 KiB block of the stream it is in
@@ -1235,6 +1260,9 @@ class ContextMixPredictor(Predictor):
         rows = self._rows[:n]
         sep = nl | (byte == 32)
         self._ncmp[:n] = _compare_step(self._ncmp[:n], byte, self._nb[:n], sep)
+        n2 = self._next2[:n]
+        if self._uses_ntab2:
+            n2[:, N2_CMP] = _compare_step(n2[:, N2_CMP], byte, n2[:, N2_B], sep)
         ended = sep & (self._nkey[:n] >= 0)
         keys, vals = self._nkey[:n][ended], self._nval[:n][ended] + _u64(1)
         ub = byte.astype(np.uint64)
@@ -1251,7 +1279,13 @@ class ContextMixPredictor(Predictor):
             h = (h ^ (h >> _u64(29))) * _u64(_H2)
             self._nfs[rows[ev]] = self._open_start(self._ntab, NTAB_BITS, h, rows[ev], pos)
             self._nkey[rows[ev]] = key
+            if self._uses_ntab2:  # by the value before the last as well
+                h = (self._vtab2[key] * _u64(_H3) + self._vtab[key] + t) * _u64(_H1)
+                h = (h ^ (h >> _u64(29))) * _u64(_H2)
+                n2[ev, N2_FS] = self._open_start(self._ntab2, NTAB_BITS, h, rows[ev], pos)
         if keys.size:
+            if self._uses_ntab2:  # (the replaced values, read before any is written)
+                _write_highest_row(self._vtab2, keys, self._vtab[keys])
             _write_highest_row(self._vtab, keys, vals)
 
     def _text_step(self, n: int, byte: I64) -> None:
@@ -1268,6 +1302,7 @@ class ContextMixPredictor(Predictor):
         tx[:, T_W0] = np.where(word, (w0 + FOLD[byte] + _u64(1)) * _u64(_H1), _u64(0))
         tx[:, T_W2] = np.where(ends, tx[:, T_W1], tx[:, T_W2])
         tx[:, T_W1] = np.where(ends, w0, tx[:, T_W1])
+        tx[:, T_KEY] = np.where((byte == 58) | (byte == 61), tx[:, T_W1], tx[:, T_KEY])
         tx[:, T_MASK] = ((tx[:, T_MASK] << _u64(8)) | CHAR_CLASS[byte]) & _u64(0xFFFFFFFF)
 
     def _align_step(self, n: int, byte: I64, mlen: I64, mptr: I64) -> None:
@@ -1821,3 +1856,11 @@ PRESETS["l3-2026-12j"] = {
     + list(TEXT_CONTEXTS),
 }  # fmt: skip
 PRESETS["l3-2026-12j+external"] = {**PRESETS["l3-2026-12j"], "external_input": True}
+# paq8px's keyword0 (the last word before a ':' or '=', with the word and the last byte)
+# and tmplnext by the field's last two values (whole corpus files, cm alone: 507,316 ->
+# 505,510 bytes, -0.36%; each alone 506,306 and 506,550)
+PRESETS["l3-2026-12k"] = {
+    **PRESETS["l3-2026-12j"],
+    "contexts": PRESETS["l3-2026-12j"]["contexts"] + ["keyword", "tmplnext2"],
+}  # fmt: skip
+PRESETS["l3-2026-12k+external"] = {**PRESETS["l3-2026-12k"], "external_input": True}

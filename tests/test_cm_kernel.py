@@ -34,7 +34,7 @@ STATE = (
     "_c0 _c0n _h8 _wordh _pword _col _field _line _pline _above _hist _mtab _mlen _mptr _mok"
     " _tmpl _ptmpl _cfields _pfields _ftab _tfs _tab _ttab _tks _tkc _tob _tabcmp _tokcmp"
     " _toksep _tokdiffs _ktab _kvc _kvb _kvcmp _ind1 _ind4 _align _misses"
-    " _vtab _ntab _nval _nkey _nfs _nb _ncmp _text"
+    " _vtab _ntab _nval _nkey _nfs _nb _ncmp _text _vtab2 _ntab2 _next2"
 ).split()
 
 

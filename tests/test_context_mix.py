@@ -286,15 +286,18 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
 
 
 def _with_word_model(contexts: tuple[str, ...]) -> tuple[str, ...]:
-    """What l3-2026-12j made of an earlier level 3: word and field gave way to four."""
-    return tuple(c for c in contexts if c not in ("word", "field")) + context_mix.TEXT_CONTEXTS
+    """What l3-2026-12j and 12k made of an earlier level 3: word and field gave way to four,
+    then two more came."""
+    return tuple(c for c in contexts if c not in ("word", "field")) + context_mix.TEXT_CONTEXTS + (
+        "keyword", "tmplnext2"
+    )
 
 
 def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12j"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12k"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -343,6 +346,10 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12i"})
     assert _with_word_model(dec.contexts) == pred.contexts and "word" not in pred.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12i"}
+    # the default until l3-2026-12k: without keyword and tmplnext2
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12j"})
+    assert dec.contexts + ("keyword", "tmplnext2") == pred.contexts
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12j"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -562,12 +569,13 @@ GOLDENS = {
     "l3_2026_12g": _preset_golden("l3-2026-12g", BEFORE_2026_12H),
     "l3_2026_12h": _preset_golden("l3-2026-12h", {}),
     "l3_2026_12i": _preset_golden("l3-2026-12i", {}),
+    "l3_2026_12j": _preset_golden("l3-2026-12j", {}),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
-    "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i",
+    "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i", "l3_2026_12j",
 )  # fmt: skip
 
 
