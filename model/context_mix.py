@@ -89,12 +89,12 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"]; tmplnext
     # with PRESETS["l3-2026-12i"]; wordgap, blockword, charmask and gapwords in the place
     # of word and field with PRESETS["l3-2026-12j"]; keyword and tmplnext2 with
-    # PRESETS["l3-2026-12k"])
+    # PRESETS["l3-2026-12k"]; column and above2 left with PRESETS["l3-2026-12l"])
     3: (
-        "o0", "o1", "o2", "o3", "o4", "o6", "bigram", "column", "linepos", "shape",
-        "above2", "shapefield", "template", "ind2", "matchbyte", "ptemplate", "fieldabove",
-        "tmplabove", "tokabove", "tmplcmp", "keyvalue", "tokrun", "ind1", "ind4", "align",
-        "tmplnext", "wordgap", "blockword", "charmask", "gapwords", "keyword", "tmplnext2",
+        "o0", "o1", "o2", "o3", "o4", "o6", "bigram", "linepos", "shape", "shapefield",
+        "template", "ind2", "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove",
+        "tmplcmp", "keyvalue", "tokrun", "ind1", "ind4", "align", "tmplnext", "wordgap",
+        "blockword", "charmask", "gapwords", "keyword", "tmplnext2",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -124,8 +124,8 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use 33.4 M (the 30 hashed contexts of level 3 at 2**20 counters each, the mixer weights
-# and APMs: 255 MiB): no room for another context at level 3 without raising it.
+# use 31.3 M (the 28 hashed contexts of level 3 at 2**20 counters each, the mixer weights
+# and APMs: 239 MiB): room for two more contexts at level 3.
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -207,7 +207,7 @@ MIXER_DECAY = 65536  # the default `mixer_decay` of level 3 (0: archives without
 # ... and its `counter_offset` and `mixer_init` since l3-2026-12g (23 and 8000 before,
 # and still at levels 1 and 2): whole corpus files, cm alone, 525,536 -> 524,408 bytes
 COUNTER_OFFSET = 22
-MIXER_INIT = 6000
+MIXER_INIT = 4000  # (6000 from l3-2026-12g to l3-2026-12k; see PRESETS["l3-2026-12l"])
 # ... and the rate of its extra weight sets since l3-2026-12h, in sixteenths of the rate
 # of sets A and B (16, the same rate, before and at levels 1 and 2): whole corpus files,
 # cm alone, with apm_miss, 522,830 -> 520,350 bytes together (see apm_miss)
@@ -1831,7 +1831,7 @@ PRESETS["l3-2026-12e+external"] = {**PRESETS["l3-2026-12e"], "external_input": T
 PRESETS["l3-2026-12g"] = {
     **PRESETS["l3-2026-12e"],
     "contexts": PRESETS["l3-2026-12e"]["contexts"] + ["ind1", "ind4", "align"],
-    "counter_offset": COUNTER_OFFSET, "mixer_init": MIXER_INIT, "apm_match": True,
+    "counter_offset": COUNTER_OFFSET, "mixer_init": 6000, "apm_match": True,
 }  # fmt: skip
 PRESETS["l3-2026-12g+external"] = {**PRESETS["l3-2026-12g"], "external_input": True}
 # a fourth APM by which of the last bits were mispredicted, and the extra weight sets at
@@ -1864,3 +1864,12 @@ PRESETS["l3-2026-12k"] = {
     "contexts": PRESETS["l3-2026-12j"]["contexts"] + ["keyword", "tmplnext2"],
 }  # fmt: skip
 PRESETS["l3-2026-12k+external"] = {**PRESETS["l3-2026-12k"], "external_input": True}
+# column and above2 left out (the byte above is in fieldabove and tmplabove, field by
+# field) and the weights' start at 4000: first 256 KiB of every corpus file, cm alone,
+# 393,522 -> 392,230 bytes; whole files 505,510 -> 504,686 (-0.16%), two contexts fewer
+PRESETS["l3-2026-12l"] = {
+    **PRESETS["l3-2026-12k"],
+    "contexts": [c for c in PRESETS["l3-2026-12k"]["contexts"] if c not in ("column", "above2")],
+    "mixer_init": MIXER_INIT,
+}  # fmt: skip
+PRESETS["l3-2026-12l+external"] = {**PRESETS["l3-2026-12l"], "external_input": True}

@@ -39,6 +39,8 @@ BEFORE_2026_12G: dict[str, Any] = {
     **BEFORE_2026_12H, "counter_offset": 23, "mixer_init": 8000, "apm_match": False,
 }  # fmt: skip
 BEFORE_2026_12E: dict[str, Any] = {**BEFORE_2026_12G, "mixer_decay": 0}
+# ... and from l3-2026-12g to l3-2026-12k, the first weights of then
+BEFORE_2026_12L: dict[str, Any] = {"mixer_init": 6000}
 
 
 def small(**kw: Any) -> ContextMixPredictor:
@@ -286,9 +288,10 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
 
 
 def _with_word_model(contexts: tuple[str, ...]) -> tuple[str, ...]:
-    """What l3-2026-12j and 12k made of an earlier level 3: word and field gave way to four,
-    then two more came."""
-    return tuple(c for c in contexts if c not in ("word", "field")) + context_mix.TEXT_CONTEXTS + (
+    """What l3-2026-12j to 12l made of an earlier level 3: word and field gave way to four,
+    then two more came, and column and above2 left."""
+    gone = ("word", "field", "column", "above2")
+    return tuple(c for c in contexts if c not in gone) + context_mix.TEXT_CONTEXTS + (
         "keyword", "tmplnext2"
     )
 
@@ -297,7 +300,7 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12k"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12l"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -348,8 +351,14 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12i"}
     # the default until l3-2026-12k: without keyword and tmplnext2
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12j"})
-    assert dec.contexts + ("keyword", "tmplnext2") == pred.contexts
+    kept = tuple(c for c in dec.contexts if c not in ("column", "above2"))
+    assert kept + ("keyword", "tmplnext2") == pred.contexts and dec.mixer_init == 6000
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12j"}
+    # the default until l3-2026-12l: with column and above2, the weights from 6000
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12k"})
+    assert tuple(c for c in dec.contexts if c not in ("column", "above2")) == pred.contexts
+    assert (dec.mixer_init, pred.mixer_init) == (6000, context_mix.MIXER_INIT)
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12k"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -566,16 +575,17 @@ GOLDENS = {
         for name in ("l3-2026-12", "l3-2026-12b", "l3-2026-12c", "l3-2026-12d")
     },
     "l3_2026_12e": _preset_golden("l3-2026-12e", BEFORE_2026_12G),
-    "l3_2026_12g": _preset_golden("l3-2026-12g", BEFORE_2026_12H),
-    "l3_2026_12h": _preset_golden("l3-2026-12h", {}),
-    "l3_2026_12i": _preset_golden("l3-2026-12i", {}),
-    "l3_2026_12j": _preset_golden("l3-2026-12j", {}),
+    "l3_2026_12g": _preset_golden("l3-2026-12g", {**BEFORE_2026_12H, **BEFORE_2026_12L}),
+    **{
+        name.replace("-", "_"): _preset_golden(name, BEFORE_2026_12L)
+        for name in ("l3-2026-12h", "l3-2026-12i", "l3-2026-12j", "l3-2026-12k")
+    },
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
-    "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i", "l3_2026_12j",
+    "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i", "l3_2026_12j", "l3_2026_12k",
 )  # fmt: skip
 
 
