@@ -1831,6 +1831,7 @@ PRESETS["l3-2026-12e+external"] = {**PRESETS["l3-2026-12e"], "external_input": T
 PRESETS["l3-2026-12g"] = {
     **PRESETS["l3-2026-12e"],
     "contexts": PRESETS["l3-2026-12e"]["contexts"] + ["ind1", "ind4", "align"],
+    # (mixer_init: MIXER_INIT until l3-2026-12l, written out since it changed)
     "counter_offset": COUNTER_OFFSET, "mixer_init": 6000, "apm_match": True,
 }  # fmt: skip
 PRESETS["l3-2026-12g+external"] = {**PRESETS["l3-2026-12g"], "external_input": True}
