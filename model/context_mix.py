@@ -1367,7 +1367,7 @@ class ContextMixPredictor(Predictor):
         mlen = np.where(self._mok[:n], np.minimum(self._mlen[:n], 31), 0)
         return mlen * 2 + self._ebit[:n, bit]
 
-    def set_external(self, tables: np.ndarray, first_byte: int, *, trusted: bool = False) -> None:
+    def set_external(self, tables: np.ndarray, first_byte: int) -> None:
         """Give the external input's tables for bytes ``first_byte ..`` of every stream.
 
         ``tables``: (B, K, 256) integer frequencies in [0, 2**32) (int64, or uint32 read
@@ -1386,8 +1386,7 @@ class ContextMixPredictor(Predictor):
             tab = np.ascontiguousarray(tab)
         else:
             tab = np.ascontiguousarray(tab, dtype=np.int64)
-        # trusted: the caller copied uint32 tables (an engine's), in range by construction
-        if not trusted and tab.dtype != np.uint32 and tab.size and (
+        if tab.dtype != np.uint32 and tab.size and (
             tab.min() < 0 or tab.max() >= 1 << 32
         ):
             raise ValueError("external table entries must lie in [0, 2**32)")
@@ -1581,7 +1580,7 @@ class ContextMixPredictor(Predictor):
                     if fast_ext:  # (set_external's checks, a tenth of the time per byte)
                         self._kernel.set_ext(tab, tb // 8)
                     else:
-                        self.set_external(tab, tb // 8, trusted=trusted_tables)
+                        self.set_external(tab, tb // 8)
                 te = min(t1, tb + step)
                 self._kernel.decode_run(
                     grid, active[tb - t0 : te - t0], model_active[tb - t0 : te - t0], rows,

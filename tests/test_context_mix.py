@@ -287,7 +287,7 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     assert small().model_id != small(mixer_contexts=("field",)).model_id
 
 
-def _with_word_model(contexts: tuple[str, ...]) -> tuple[str, ...]:
+def _as_level3_now(contexts: tuple[str, ...]) -> tuple[str, ...]:
     """What l3-2026-12j to 12l made of an earlier level 3: word and field gave way to four,
     then two more came, and column and above2 left."""
     gone = ("word", "field", "column", "above2")
@@ -325,29 +325,29 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # the default until l3-2026-12e: the same contexts, a constant mixer rate
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12d"})
     assert dec.mixer_decay == 0
-    assert _with_word_model(dec.contexts + ("ind1", "ind4", "align", "tmplnext")) == pred.contexts
+    assert _as_level3_now(dec.contexts + ("ind1", "ind4", "align", "tmplnext")) == pred.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12d"}
     assert pred.mixer_decay == context_mix.MIXER_DECAY > 0
     # the default until l3-2026-12g: without ind1, ind4 and align
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12e"})
-    assert _with_word_model(dec.contexts + ("ind1", "ind4", "align", "tmplnext")) == pred.contexts
+    assert _as_level3_now(dec.contexts + ("ind1", "ind4", "align", "tmplnext")) == pred.contexts
     assert dec.mixer_decay == pred.mixer_decay and not dec.apm_match and pred.apm_match
     assert (dec.counter_offset, dec.mixer_init) == (23, 8000)
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12e"}
     # the default until l3-2026-12h: the same contexts, no miss APM, one mixer rate
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12g"})
-    assert _with_word_model(dec.contexts + ("tmplnext",)) == pred.contexts and dec.apm_match
+    assert _as_level3_now(dec.contexts + ("tmplnext",)) == pred.contexts and dec.apm_match
     assert not dec.apm_miss
     assert (dec.mixer_extra_rate, pred.mixer_extra_rate) == (16, context_mix.MIXER_EXTRA_RATE)
     assert pred.apm_miss
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12g"}
     # the default until l3-2026-12i: without tmplnext
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12h"})
-    assert _with_word_model(dec.contexts + ("tmplnext",)) == pred.contexts and dec.apm_miss
+    assert _as_level3_now(dec.contexts + ("tmplnext",)) == pred.contexts and dec.apm_miss
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12h"}
     # the default until l3-2026-12j: without the word model's four contexts
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12i"})
-    assert _with_word_model(dec.contexts) == pred.contexts and "word" not in pred.contexts
+    assert _as_level3_now(dec.contexts) == pred.contexts and "word" not in pred.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12i"}
     # the default until l3-2026-12k: without keyword and tmplnext2
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12j"})
