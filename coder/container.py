@@ -89,6 +89,8 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12k+external", "version": 1}},
     {"name": "cm", "preset": "l3-2026-12l", "version": 1},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12l+external", "version": 1}},
+    {"name": "cm", "preset": "l3-2026-12m", "version": 1},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12m+external", "version": 1}},
 )
 
 KIND_FRAME = 0x01

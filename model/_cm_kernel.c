@@ -61,7 +61,7 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
        K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_WORDGAP = 32,
        K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_KEYWORD = 36, K_TMPLNEXT2 = 37,
-       K_LAST = K_TMPLNEXT2 };
+       K_MATCHBYTE3 = 38, K_WORDSKIP = 39, K_LAST = K_WORDSKIP };
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
@@ -387,7 +387,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_align |= kd == K_ALIGN;
         self->uses_ntab |= kd == K_TMPLNEXT || kd == K_TMPLNEXT2; /* the value table */
         self->uses_ntab2 |= kd == K_TMPLNEXT2;
-        self->uses_text |= (kd >= K_WORDGAP && kd <= K_GAPWORDS) || kd == K_KEYWORD;
+        self->uses_text |= (kd >= K_WORDGAP && kd <= K_GAPWORDS) || kd == K_KEYWORD ||
+                           kd == K_WORDSKIP;
         if (kd < 0 || kd > K_LAST) {
             PyErr_SetString(PyExc_ValueError, "Kernel: unknown context kind");
             return -1;
@@ -623,6 +624,7 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
             break;
         }
         case K_KEYWORD: v = ((tx[T_KEY] * H2 + tx[T_W0]) * H3 + c1) * H1; break;
+        case K_WORDSKIP: v = ((tx[T_W0] * H3 ^ tx[T_W2]) * H1 ^ c1) * H2; break;
         case K_WORDGAP: v = (tx[T_W0] * H3 + tx[T_G0]) * H1; break;
         case K_BLOCKWORD: v = ((u64)(pos >> 10) * H3 + tx[T_W0]) * H1; break;
         case K_CHARMASK: v = tx[T_MASK] * H2; break;
@@ -640,11 +642,14 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
         }
         case K_IND1: v = ((u64)k->ind1[c1] << 8) | c1; break;
         case K_IND4: v = (((u64)k->ind4[ind4_key(h8)] << 8) | c1) * H1; break;
-        case K_MATCHBYTE: { /* the byte the match predicts (256: none), its length, c1 */
+        case K_MATCHBYTE:
+        case K_MATCHBYTE3: { /* the byte the match predicts (256: none), its length, c1 */
             i64 ml = k->mlen[i];
             u64 mb = k->mok[i] ? k->hist[k->mptr[i]] : 256;
             u64 lb = k->mok[i] ? (u64)(ml < 16 ? ml : 16 + (ml >= 32)) : 0;
             v = (((mb << 5) | lb) << 8) | c1;
+            if (kind == K_MATCHBYTE3) /* the same with the last three bytes */
+                v = ((((mb << 5) | lb) * H3) ^ (h8 & 0xFFFFFF)) * H1;
             break;
         }
         case K_SHAPEFIELD: {

@@ -61,7 +61,9 @@ VERSION = 1
 #: marker (the log statement being printed, whatever its numbers), with the last byte;
 #: ind2: the last two bytes, with the two bytes that followed them the last time they
 #: occurred (paq's indirect context); matchbyte: the byte the match model predicts (or
-#: none) with its length (saturating) and the last byte.
+#: none) with its length (saturating) and the last byte (matchbyte3: the last three
+#: bytes); wordskip: the word so far, the last byte and the word before the previous one
+#: (the others: docs/context_mix.md).
 #: Names are only ever appended: an archive lists its contexts, so
 #: older archives keep decoding. On loghub (one stream, each file alone, 2**21 tables):
 #: the first eleven 0.4263 bpb, + sparse 0.4252, + o8 0.4260, + linepos 0.4115, + shape
@@ -72,7 +74,7 @@ CONTEXT_NAMES = (
     "sparse", "o8", "linepos", "shape", "above2", "shapefield", "template", "ind2",
     "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove", "tmplcmp", "tokcmp",
     "keyvalue", "tokrun", "ind1", "ind4", "align", "tmplnext", "wordgap", "blockword",
-    "charmask", "gapwords", "keyword", "tmplnext2",
+    "charmask", "gapwords", "keyword", "tmplnext2", "matchbyte3", "wordskip",
 )  # fmt: skip
 
 #: ``level`` presets: fewer contexts run somewhat faster and take less memory (numpy call
@@ -89,12 +91,13 @@ LEVELS: dict[int, tuple[str, ...]] = {
     # PRESETS["l3-2026-12d"]; ind1, ind4 and align with PRESETS["l3-2026-12g"]; tmplnext
     # with PRESETS["l3-2026-12i"]; wordgap, blockword, charmask and gapwords in the place
     # of word and field with PRESETS["l3-2026-12j"]; keyword and tmplnext2 with
-    # PRESETS["l3-2026-12k"]; column and above2 left with PRESETS["l3-2026-12l"])
+    # PRESETS["l3-2026-12k"]; column and above2 left with PRESETS["l3-2026-12l"];
+    # matchbyte3 in matchbyte's place, and wordskip, with PRESETS["l3-2026-12m"])
     3: (
         "o0", "o1", "o2", "o3", "o4", "o6", "bigram", "linepos", "shape", "shapefield",
-        "template", "ind2", "matchbyte", "ptemplate", "fieldabove", "tmplabove", "tokabove",
+        "template", "ind2", "ptemplate", "fieldabove", "tmplabove", "tokabove",
         "tmplcmp", "keyvalue", "tokrun", "ind1", "ind4", "align", "tmplnext", "wordgap",
-        "blockword", "charmask", "gapwords", "keyword", "tmplnext2",
+        "blockword", "charmask", "gapwords", "keyword", "tmplnext2", "matchbyte3", "wordskip",
     ),
 }  # fmt: skip
 DEFAULT_LEVEL = 3
@@ -124,8 +127,8 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use 31.3 M (the 28 hashed contexts of level 3 at 2**20 counters each, the mixer weights
-# and APMs: 239 MiB): room for two more contexts at level 3.
+# use 32.4 M (the 29 hashed contexts of level 3 at 2**20 counters each, the mixer weights
+# and APMs: 247 MiB): room for one more context at level 3.
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
@@ -462,7 +465,7 @@ class ContextMixPredictor(Predictor):
         self._uses_ntab = bool({"tmplnext", "tmplnext2"} & set(self.contexts))
         self._uses_ntab2 = "tmplnext2" in self.contexts  # ... and tmplnext2's own
         # ... the text state
-        self._uses_text = bool({*TEXT_CONTEXTS, "keyword"} & set(self.contexts))
+        self._uses_text = bool({*TEXT_CONTEXTS, "keyword", "wordskip"} & set(self.contexts))
         if not isinstance(external_input, bool):
             raise ValueError(f"external_input must be true or false, got {external_input!r}")
         # external_input: one more mixer input, P(next bit) from a 256-entry table per
@@ -970,6 +973,8 @@ class ContextMixPredictor(Predictor):
                 v = (h + self._field[:n].astype(np.uint64)) * _u64(_H3)
             elif c == "keyword":  # the last word before a ':' or '=', the word, the last byte
                 v = ((tx[:, T_KEY] * _u64(_H2) + tx[:, T_W0]) * _u64(_H3) + c1) * _u64(_H1)
+            elif c == "wordskip":  # the word so far, the last byte, the word before the last
+                v = ((tx[:, T_W0] * _u64(_H3) ^ tx[:, T_W2]) * _u64(_H1) ^ c1) * _u64(_H2)
             elif c == "wordgap":  # the case-folded word so far, the gap before it
                 v = (tx[:, T_W0] * _u64(_H3) + tx[:, T_G0]) * _u64(_H1)
             elif c == "blockword":  # the same word, the 1 KiB block of the stream it is in
@@ -980,11 +985,14 @@ class ContextMixPredictor(Predictor):
             elif c == "gapwords":  # the two words before, each with the gap after it
                 h = (tx[:, T_G0] * _u64(_H3) + tx[:, T_W1]) * _u64(_H1) + tx[:, T_G1]
                 v = (h * _u64(_H2) + tx[:, T_W2]) * _u64(_H3)
-            elif c == "matchbyte":  # the predicted byte (256: none), its length, the last byte
-                ml = self._mlen[:n]
+            elif c in ("matchbyte", "matchbyte3"):  # the predicted byte (256: none), its
+                ml = self._mlen[:n]  # length, the last byte (matchbyte3: the last three)
                 mb = np.where(mok, mbyte, 256).astype(np.uint64)
                 lb = np.where(mok, np.where(ml < 16, ml, 16 + (ml >= 32)), 0).astype(np.uint64)
-                v = (((mb << _u64(5)) | lb) << _u64(8)) | c1
+                if c == "matchbyte":
+                    v = (((mb << _u64(5)) | lb) << _u64(8)) | c1
+                else:
+                    v = (((mb << _u64(5)) | lb) * _u64(_H3) ^ (h8 & _u64(0xFFFFFF))) * _u64(_H1)
             else:  # shapefield: the classes of the last 4 bytes, the field index, the last byte
                 f = self._field[:n].astype(np.uint64)
                 v = (((_shape(h8, 4) << _u64(6)) | f) << _u64(8)) | c1
@@ -1873,3 +1881,12 @@ PRESETS["l3-2026-12l"] = {
     "mixer_init": MIXER_INIT,
 }  # fmt: skip
 PRESETS["l3-2026-12l+external"] = {**PRESETS["l3-2026-12l"], "external_input": True}
+# paq8px's match context with the last three bytes (its mapL) in matchbyte's place, and its
+# word0, c1, word2 (first 256 KiB of every corpus file, cm alone: 392,230 -> 390,588
+# bytes; whole files 504,686 -> 502,208, -0.49%; matchbyte3 alone 391,500 and 503,486)
+PRESETS["l3-2026-12m"] = {
+    **PRESETS["l3-2026-12l"],
+    "contexts": [c for c in PRESETS["l3-2026-12l"]["contexts"] if c != "matchbyte"]
+    + ["matchbyte3", "wordskip"],
+}  # fmt: skip
+PRESETS["l3-2026-12m+external"] = {**PRESETS["l3-2026-12m"], "external_input": True}
