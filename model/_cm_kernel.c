@@ -624,7 +624,9 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
             break;
         }
         case K_KEYWORD: v = ((tx[T_KEY] * H2 + tx[T_W0]) * H3 + c1) * H1; break;
-        case K_WORDSKIP: v = ((tx[T_W0] * H3 ^ tx[T_W2]) * H1 ^ c1) * H2; break;
+        case K_WORDSKIP: /* the word so far, c1, the word before the previous one */
+            v = ((tx[T_W0] * H3 ^ tx[T_W2]) * H1 ^ c1) * H2;
+            break;
         case K_WORDGAP: v = (tx[T_W0] * H3 + tx[T_G0]) * H1; break;
         case K_BLOCKWORD: v = ((u64)(pos >> 10) * H3 + tx[T_W0]) * H1; break;
         case K_CHARMASK: v = tx[T_MASK] * H2; break;
