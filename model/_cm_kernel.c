@@ -649,9 +649,8 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
             i64 ml = k->mlen[i];
             u64 mb = k->mok[i] ? k->hist[k->mptr[i]] : 256;
             u64 lb = k->mok[i] ? (u64)(ml < 16 ? ml : 16 + (ml >= 32)) : 0;
-            v = (((mb << 5) | lb) << 8) | c1;
-            if (kind == K_MATCHBYTE3) /* the same with the last three bytes */
-                v = ((((mb << 5) | lb) * H3) ^ (h8 & 0xFFFFFF)) * H1;
+            v = kind == K_MATCHBYTE ? (((mb << 5) | lb) << 8) | c1
+                                    : ((((mb << 5) | lb) * H3) ^ (h8 & 0xFFFFFF)) * H1; /* c1..c3 */
             break;
         }
         case K_SHAPEFIELD: {
