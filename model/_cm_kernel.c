@@ -61,7 +61,8 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
        K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_WORDGAP = 32,
        K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_KEYWORD = 36, K_TMPLNEXT2 = 37,
-       K_MATCHBYTE3 = 38, K_WORDSKIP = 39, K_LAST = K_WORDSKIP };
+       K_MATCHBYTE3 = 38, K_WORDSKIP = 39, K_HEADABOVE = 40, K_LAST = K_HEADABOVE };
+#define HEAD_BYTES 52 /* headabove: a line's head is its first HEAD_BYTES bytes (HEAD_BYTES) */
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
@@ -128,7 +129,7 @@ enum {
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
     A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, A_TEXT, A_VTAB2,
-    A_NTAB2, A_NEXT2, N_ARRAYS
+    A_NTAB2, A_NEXT2, A_LHEAD, N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
     "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
@@ -139,7 +140,7 @@ static const char *array_names[N_ARRAYS] = {
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
     "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
     "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp", "text", "vtab2",
-    "ntab2", "next2",
+    "ntab2", "next2", "lhead",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -216,6 +217,9 @@ typedef struct {
      * (text_step) */
     u64 *text;
     int uses_text;
+    /* headabove: per stream the template of this line's head and of the line above's */
+    u64 *lhead;
+    int uses_lhead;
     u64 *nwval;
     i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
@@ -316,7 +320,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_VTAB] = (i64)1 << NTAB_BITS, [A_NTAB] = (i64)1 << NTAB_BITS, [A_NVAL] = b,
         [A_NKEY] = b, [A_NFS] = b, [A_NB] = b, [A_NCMP] = b, [A_TEXT] = b * TEXT_COLS,
         [A_VTAB2] = (i64)1 << NTAB_BITS, [A_NTAB2] = (i64)1 << NTAB_BITS,
-        [A_NEXT2] = b * NEXT2_COLS,
+        [A_NEXT2] = b * NEXT2_COLS, [A_LHEAD] = b * 2,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -358,6 +362,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->text = (u64 *)V(A_TEXT);
     self->nkey = V(A_NKEY); self->nfs = V(A_NFS); self->nb = V(A_NB); self->ncmp = V(A_NCMP);
     self->vtab2 = V(A_VTAB2); self->ntab2 = V(A_NTAB2); self->next2 = V(A_NEXT2);
+    self->lhead = (u64 *)V(A_LHEAD);
 #undef V
     self->uses_ind1 = 0;
     self->uses_ind4 = 0;
@@ -372,6 +377,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->uses_ntab = 0;
     self->uses_ntab2 = 0;
     self->uses_text = 0;
+    self->uses_lhead = 0;
     for (i64 j = 0; j < nc; j++) {
         i64 kd = self->kinds[j];
         self->uses_tabcmp |= kd == K_TMPLCMP;
@@ -387,6 +393,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_align |= kd == K_ALIGN;
         self->uses_ntab |= kd == K_TMPLNEXT || kd == K_TMPLNEXT2; /* the value table */
         self->uses_ntab2 |= kd == K_TMPLNEXT2;
+        self->uses_lhead |= kd == K_HEADABOVE;
         self->uses_text |= (kd >= K_WORDGAP && kd <= K_GAPWORDS) || kd == K_KEYWORD ||
                            kd == K_WORDSKIP;
         if (kd < 0 || kd > K_LAST) {
@@ -589,6 +596,9 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
         case K_ABOVE2: v = ((u64)k->above[i] << 16) | (h8 & 0xFFFF); break;
         case K_TEMPLATE: v = (k->tmpl[i] + c1) * H3; break;
         case K_PTEMPLATE: v = (k->ptmpl[i] * H1 + k->tmpl[i] + c1) * H3; break;
+        case K_HEADABOVE: /* the head of the line above (which kind of line it was) */
+            v = (k->lhead[i * 2 + 1] * H1 + k->tmpl[i] + c1) * H2;
+            break;
         case K_FIELDABOVE: { /* the two bytes at this offset of this field, one line up */
             i64 f = k->field[i], pf = k->pfields[i * (MAX_FIELD + 1) + f];
             u64 ab[2];
@@ -827,6 +837,13 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
             k->tmpl[i] = (k->tmpl[i] + ub + 1) * H2;
         else if (!pdig)
             k->tmpl[i] = (k->tmpl[i] + TEMPLATE_DIGITS) * H2;
+        if (k->uses_lhead) { /* (col is still this byte's column) */
+            u64 *lh = k->lhead + i * 2;
+            if (byte == 10)
+                lh[1] = k->col[i] >= HEAD_BYTES ? lh[0] : k->ptmpl[i];
+            else if (k->col[i] == HEAD_BYTES - 1)
+                lh[0] = k->tmpl[i];
+        }
         /* tokabove: a token opens after every byte that is not an ASCII letter or digit;
          * keyed by the template so far alone (read here, written in pass 4) */
         k->tkey[i] = -1;

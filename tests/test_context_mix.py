@@ -288,25 +288,25 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
 
 
 def _as_level3_now(contexts: tuple[str, ...]) -> tuple[str, ...]:
-    """What l3-2026-12j to 12m made of an earlier level 3: word and field gave way to four,
-    then two more came, column and above2 left, and matchbyte3 took matchbyte's place
-    beside wordskip."""
+    """What l3-2026-12j to 12n made of an earlier level 3: word and field gave way to four,
+    then two more came, column and above2 left, matchbyte3 took matchbyte's place beside
+    wordskip, and headabove came."""
     gone = ("word", "field", "column", "above2", "matchbyte")
     return tuple(c for c in contexts if c not in gone) + context_mix.TEXT_CONTEXTS + (
-        "keyword", "tmplnext2", "matchbyte3", "wordskip"
+        "keyword", "tmplnext2", "matchbyte3", "wordskip", "headabove"
     )
 
 
-def _as_12m(contexts: tuple[str, ...]) -> tuple[str, ...]:
-    """What l3-2026-12m made of l3-2026-12l's contexts."""
-    return tuple(c for c in contexts if c != "matchbyte") + ("matchbyte3", "wordskip")
+def _as_12n(contexts: tuple[str, ...]) -> tuple[str, ...]:
+    """What l3-2026-12m and 12n made of l3-2026-12l's contexts."""
+    return tuple(c for c in contexts if c != "matchbyte") + ("matchbyte3", "wordskip", "headabove")
 
 
 def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12m"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12n"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -358,18 +358,22 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # the default until l3-2026-12k: without keyword and tmplnext2
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12j"})
     kept = tuple(c for c in dec.contexts if c not in ("column", "above2"))
-    assert _as_12m(kept + ("keyword", "tmplnext2")) == pred.contexts and dec.mixer_init == 6000
+    assert _as_12n(kept + ("keyword", "tmplnext2")) == pred.contexts and dec.mixer_init == 6000
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12j"}
     # the default until l3-2026-12l: with column and above2, the weights from 6000
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12k"})
-    assert _as_12m(tuple(c for c in dec.contexts if c not in ("column", "above2"))) == pred.contexts
+    assert _as_12n(tuple(c for c in dec.contexts if c not in ("column", "above2"))) == pred.contexts
     assert (dec.mixer_init, pred.mixer_init) == (6000, context_mix.MIXER_INIT)
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12k"}
     # the default until l3-2026-12m: matchbyte with the last byte only, no wordskip
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12l"})
-    assert _as_12m(dec.contexts) == pred.contexts and "matchbyte" in dec.contexts
+    assert _as_12n(dec.contexts) == pred.contexts and "matchbyte" in dec.contexts
     assert dec.mixer_init == pred.mixer_init
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12l"}
+    # the default until l3-2026-12n: without headabove
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12m"})
+    assert dec.contexts + ("headabove",) == pred.contexts and dec.mixer_init == pred.mixer_init
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12m"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -592,13 +596,14 @@ GOLDENS = {
         for name in ("l3-2026-12h", "l3-2026-12i", "l3-2026-12j", "l3-2026-12k")
     },
     "l3_2026_12l": _preset_golden("l3-2026-12l", {}),
+    "l3_2026_12m": _preset_golden("l3-2026-12m", {}),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
     "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i", "l3_2026_12j", "l3_2026_12k",
-    "l3_2026_12l",
+    "l3_2026_12l", "l3_2026_12m",
 )  # fmt: skip
 
 
