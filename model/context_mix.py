@@ -1190,7 +1190,8 @@ class ContextMixPredictor(Predictor):
         if self._uses_lhead:  # a line's head: its template at column HEAD_BYTES - 1 (col is
             lh = self._lhead[:n]  # still this byte's), or all of it at a shorter line's end
             col = self._col[:n]
-            lh[:, 1] = np.where(nl, np.where(col >= HEAD_BYTES, lh[:, 0], self._ptmpl[:n]), lh[:, 1])
+            head = np.where(col >= HEAD_BYTES, lh[:, 0], self._ptmpl[:n])
+            lh[:, 1] = np.where(nl, head, lh[:, 1])
             lh[:, 0] = np.where(~nl & (col == HEAD_BYTES - 1), self._tmpl[:n], lh[:, 0])
         self._pline[:n] = np.where(nl, self._line[:n], self._pline[:n])
         self._line[:n] = np.where(nl, pos + 1, self._line[:n])
