@@ -62,7 +62,7 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_WORDGAP = 32,
        K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_KEYWORD = 36, K_TMPLNEXT2 = 37,
        K_MATCHBYTE3 = 38, K_WORDSKIP = 39, K_HEADABOVE = 40, K_LAST = K_HEADABOVE };
-#define HEAD_BYTES 52 /* headabove: a line's head is its first HEAD_BYTES bytes (HEAD_BYTES) */
+#define HEAD_BYTES 52 /* headabove: a line's head, its first bytes (HEAD_BYTES in context_mix.py) */
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
 #define APM3_SIZE 65536 /* apm_match: contexts of the third APM (a 16-bit hash) */
