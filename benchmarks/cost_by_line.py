@@ -39,7 +39,7 @@ def cm_costs(raw: bytes, preset: str | None) -> np.ndarray:
     pred.begin(1)
     cost = np.zeros(len(raw))
     y = np.zeros(1, dtype=np.int64)
-    for k, b in enumerate(np.unpackbits(np.frombuffer(raw, dtype=np.uint8))):
+    for k, b in enumerate(pred.to_symbols(raw)):
         table = pred.predict(1)
         cost[k >> 3] -= np.log2(table[0, b] / (table[0, 0] + table[0, 1]))
         y[0] = b
