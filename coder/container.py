@@ -93,6 +93,8 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12m+external", "version": 1}},
     {"name": "cm", "preset": "l3-2026-12n", "version": 1},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12n+external", "version": 1}},
+    {"name": "cm", "preset": "l3-2026-12o", "version": 1},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12o+external", "version": 1}},
 )
 
 KIND_FRAME = 0x01

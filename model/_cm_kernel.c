@@ -61,7 +61,8 @@ enum { K_WORD = 7, K_BIGRAM = 8, K_COLUMN = 9, K_FIELD = 10, K_SPARSE = 11, K_O8
        K_TOKABOVE = 23, K_TMPLCMP = 24, K_TOKCMP = 25, K_KEYVALUE = 26, K_TOKRUN = 27,
        K_IND1 = 28, K_IND4 = 29, K_ALIGN = 30, K_TMPLNEXT = 31, K_WORDGAP = 32,
        K_BLOCKWORD = 33, K_CHARMASK = 34, K_GAPWORDS = 35, K_KEYWORD = 36, K_TMPLNEXT2 = 37,
-       K_MATCHBYTE3 = 38, K_WORDSKIP = 39, K_HEADABOVE = 40, K_LAST = K_HEADABOVE };
+       K_MATCHBYTE3 = 38, K_WORDSKIP = 39, K_HEADABOVE = 40, K_BLANKPOS = 41,
+       K_LAST = K_BLANKPOS };
 #define HEAD_BYTES 52 /* headabove: a line's head, its first bytes (HEAD_BYTES in context_mix.py) */
 #define ALIGN_MIN 4 /* align: a run this long is a repeat worth waiting for */
 #define ALIGN_WAIT 32 /* ... for this many bytes, before it takes the match model's */
@@ -129,7 +130,7 @@ enum {
     A_FTAB, A_TFS, A_TAB, A_TTAB, A_TKS, A_TKC, A_TOB, A_TABCMP, A_TOKCMP,
     A_TOKSEP, A_TOKDIFFS, A_KTAB, A_KVC, A_KVB, A_KVCMP, A_IND1, A_IND4, A_ALIGN, A_APM3,
     A_APM4, A_MISSES, A_VTAB, A_NTAB, A_NVAL, A_NKEY, A_NFS, A_NB, A_NCMP, A_TEXT, A_VTAB2,
-    A_NTAB2, A_NEXT2, A_LHEAD, N_ARRAYS
+    A_NTAB2, A_NEXT2, A_LHEAD, A_BLANK, N_ARRAYS
 };
 static const char *array_names[N_ARRAYS] = {
     "t", "c0", "c0n", "h8", "wordh", "pword", "col", "field", "line", "pline", "above",
@@ -140,7 +141,7 @@ static const char *array_names[N_ARRAYS] = {
     "ftab", "tfs", "tab", "ttab", "tks", "tkc", "tob", "tabcmp", "tokcmp",
     "toksep", "tokdiffs", "ktab", "kvc", "kvb", "kvcmp", "ind1", "ind4", "align", "apm3",
     "apm4", "misses", "vtab", "ntab", "nval", "nkey", "nfs", "nb", "ncmp", "text", "vtab2",
-    "ntab2", "next2", "lhead",
+    "ntab2", "next2", "lhead", "blank",
 };
 
 /* Extra mixer weight-set selectors (the `sel_kinds` parameter): positions in
@@ -151,7 +152,7 @@ enum { S_FIELD, S_COLUMN, S_SHAPE2, S_BYTE2, S_ABOVE, S_MATCH, S_TABOVE, S_LAST 
 enum {
     P_B, P_NC, P_NI, P_NCOLS, P_CAPM, P_CW, P_MATCHOFF, P_WOFF, P_TABLEBITS, P_MIXSHIFT,
     P_RINGBITS, P_MATCHMIN, P_MHASHBITS, P_TABLESIZE, P_NSETS, P_NEXT, P_EXTW,
-    P_SLOTCHECK, P_POS0, P_MIXDECAY, P_APM3, P_APM4, P_XRATE,
+    P_SLOTCHECK, P_POS0, P_MIXDECAY, P_APM3, P_APM4, P_XRATE, P_FINALMIN,
     N_PARAMS
 };
 
@@ -220,6 +221,9 @@ typedef struct {
     /* headabove: per stream the template of this line's head and of the line above's */
     u64 *lhead;
     int uses_lhead;
+    /* blankpos: per stream whether this line is blank so far (spaces and tabs) */
+    i64 *blank;
+    int uses_blank;
     u64 *nwval;
     i64 *xkey, *xval; /* per stream, 2 each: ind1's and ind4's updates */
     uint8_t *hist, *mok, *wordbyte;
@@ -292,7 +296,8 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->prm[P_SLOTCHECK] < 0 || self->prm[P_SLOTCHECK] > 1 || self->prm[P_POS0] < 0 ||
         self->prm[P_MIXDECAY] < 0 || self->prm[P_MIXDECAY] > ((i64)1 << 30) ||
         self->prm[P_APM3] < 0 || self->prm[P_APM3] > 1 || self->prm[P_APM4] < 0 ||
-        self->prm[P_APM4] > self->prm[P_APM3] || self->prm[P_XRATE] < 1 || self->prm[P_XRATE] > 16) {
+        self->prm[P_APM4] > self->prm[P_APM3] || self->prm[P_XRATE] < 1 || self->prm[P_XRATE] > 16 ||
+        self->prm[P_FINALMIN] < 1 || self->prm[P_FINALMIN] > 4) {
         PyErr_SetString(PyExc_ValueError, "Kernel: inconsistent parameters");
         return -1;
     }
@@ -320,7 +325,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         [A_VTAB] = (i64)1 << NTAB_BITS, [A_NTAB] = (i64)1 << NTAB_BITS, [A_NVAL] = b,
         [A_NKEY] = b, [A_NFS] = b, [A_NB] = b, [A_NCMP] = b, [A_TEXT] = b * TEXT_COLS,
         [A_VTAB2] = (i64)1 << NTAB_BITS, [A_NTAB2] = (i64)1 << NTAB_BITS,
-        [A_NEXT2] = b * NEXT2_COLS, [A_LHEAD] = b * 2,
+        [A_NEXT2] = b * NEXT2_COLS, [A_LHEAD] = b * 2, [A_BLANK] = b,
     };
     for (int i = 0; i < N_ARRAYS; i++) {
         int isz = (i == A_HIST || i == A_MOK || i == A_WORDBYTE) ? 1 : 8;
@@ -363,6 +368,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->nkey = V(A_NKEY); self->nfs = V(A_NFS); self->nb = V(A_NB); self->ncmp = V(A_NCMP);
     self->vtab2 = V(A_VTAB2); self->ntab2 = V(A_NTAB2); self->next2 = V(A_NEXT2);
     self->lhead = (u64 *)V(A_LHEAD);
+    self->blank = V(A_BLANK);
 #undef V
     self->uses_ind1 = 0;
     self->uses_ind4 = 0;
@@ -378,6 +384,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
     self->uses_ntab2 = 0;
     self->uses_text = 0;
     self->uses_lhead = 0;
+    self->uses_blank = 0;
     for (i64 j = 0; j < nc; j++) {
         i64 kd = self->kinds[j];
         self->uses_tabcmp |= kd == K_TMPLCMP;
@@ -394,6 +401,7 @@ static int Kernel_init(Kernel *self, PyObject *args, PyObject *kw) {
         self->uses_ntab |= kd == K_TMPLNEXT || kd == K_TMPLNEXT2; /* the value table */
         self->uses_ntab2 |= kd == K_TMPLNEXT2;
         self->uses_lhead |= kd == K_HEADABOVE;
+        self->uses_blank |= kd == K_BLANKPOS;
         self->uses_text |= (kd >= K_WORDGAP && kd <= K_GAPWORDS) || kd == K_KEYWORD ||
                            kd == K_WORDSKIP;
         if (kd < 0 || kd > K_LAST) {
@@ -587,6 +595,10 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
         case K_SPARSE: v = (h8 >> 8) & 0xFFFF; break;
         case K_O8: v = h8; break;
         case K_LINEPOS: v = ((u64)(k->col[i] < 255 ? k->col[i] : 255) << 8) | c1; break;
+        case K_BLANKPOS: /* linepos, or on a line blank so far the byte above */
+            v = k->blank[i] ? ((u64)1 << 20) | ((u64)k->above[i] << 8) | c1
+                            : ((u64)(k->col[i] < 255 ? k->col[i] : 255) << 8) | c1;
+            break;
         case K_SHAPE: {
             u64 sig = 0;
             for (int m = 0; m < 8; m++) sig = (sig << 3) | BYTECLASS[(h8 >> (8 * m)) & 0xFF];
@@ -798,6 +810,8 @@ static void end_byte(Kernel *k, i64 n, i64 pos) {
         u64 h8 = (k->h8[i] << 8) | ub;
         k->h8[i] = h8;
         if (k->uses_text) text_step(k->text + i * TEXT_COLS, byte, k->wordbyte[byte] != 0);
+        if (k->uses_blank) /* a newline starts a blank line, any byte but a blank ends it */
+            k->blank[i] = byte == 10 || (k->blank[i] && (byte == 32 || byte == 9));
         int alnum = (byte >= '0' && byte <= '9') || (byte >= 'A' && byte <= 'Z') ||
                     (byte >= 'a' && byte <= 'z');
         if (k->uses_tabcmp) /* fields end at a space or a newline, tokens at any non-alnum */
@@ -1075,7 +1089,8 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             u64 s4 = apm_pair_read(k->apm4, a4, wt, k->a4val + 2 * i);
             p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3 + 4 * s4) / 10) >> (P_BITS - 16 + 12));
         }
-        p16out[i] = p16 < 4 ? 4 : (p16 > 65531 ? 65531 : p16);
+        i64 lo = k->prm[P_FINALMIN], hi = 65535 - lo; /* final_min */
+        p16out[i] = p16 < lo ? lo : (p16 > hi ? hi : p16);
         k->p16last[i] = p16out[i];
     }
     return bad ? -1 : 0;

@@ -34,7 +34,7 @@ STATE = (
     "_c0 _c0n _h8 _wordh _pword _col _field _line _pline _above _hist _mtab _mlen _mptr _mok"
     " _tmpl _ptmpl _cfields _pfields _ftab _tfs _tab _ttab _tks _tkc _tob _tabcmp _tokcmp"
     " _toksep _tokdiffs _ktab _kvc _kvb _kvcmp _ind1 _ind4 _align _misses"
-    " _vtab _ntab _nval _nkey _nfs _nb _ncmp _text _vtab2 _ntab2 _next2"
+    " _vtab _ntab _nval _nkey _nfs _nb _ncmp _text _vtab2 _ntab2 _next2 _lhead _blank"
 ).split()
 
 
@@ -104,6 +104,12 @@ INPUTS = {
     # lines of 80 one-digit fields (past MAX_FIELD), their values in a repeating order
     "wide_lines": lambda n: b"\n".join(
         b" ".join(b"%d" % ((i * 3 + j) % 10) for j in range(80)) for i in range(n // 160 + 1)
+    ),
+    # javac's errors: a line of code indented by tabs, then blanks mirroring its tabs up to
+    # a caret (blankpos)
+    "carets": lambda n: b"".join(
+        b"E.java:%d: error\n\t\tint x%d = f(a,\tb);\n\t\t%s^\n" % (i, i, b" " * (i % 9))
+        for i in range(n // 30 + 1)
     ),
     "runs": lambda n: (
         (b"\x00" * 300 + b"\xff" * 200 + b"\n" * 50 + b" " * 50 + b"a" * 400) * (n // 1000 + 1)

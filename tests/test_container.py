@@ -107,7 +107,7 @@ def test_version_2_headers_are_small() -> None:
     blob = tinyzip.compress(b"", model="cm")
     header = read_file_header(io.BytesIO(blob))
     assert header.version == 2
-    assert header.descriptor == {"name": "cm", "preset": "l3-2026-12n", "version": 1}
+    assert header.descriptor == {"name": "cm", "preset": "l3-2026-12o", "version": 1}
     assert header.model_id == _built_in_id(header.descriptor)
     assert len(blob) == 12 + 3 + 1 + 1 + 1 + 1 + 4 + 7  # header, then an end record of 7
     # a checkpoint's id is kept, and its descriptor is a code and the name hint

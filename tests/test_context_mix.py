@@ -28,7 +28,7 @@ SMALL: dict[str, Any] = {"table_bits": 12, "history_bits": 12, "match_hash_bits"
 BEFORE_2026_12: dict[str, Any] = {
     "slot_check": False, "counter_offset": 30, "apm_offset": 30, "carry_history": False,
     "mixer_decay": 0, "mixer_init": 8000, "apm_match": False, "apm_miss": False,
-    "mixer_extra_rate": 16,
+    "mixer_extra_rate": 16, "final_min": 4,
 }  # fmt: skip
 # Level 3 before l3-2026-12h: no miss APM, the extra weight sets at the mixer's rate;
 # before l3-2026-12g also its counter rate and first weights, without the match APM it
@@ -279,34 +279,37 @@ def test_descriptor_names_every_bitstream_parameter() -> None:
     # every parameter but external_input, which only cm+transformer's cm sets
     assert set(desc["params"]) == context_mix._PARAM_NAMES | {
         "mixer_contexts", "slot_check", "counter_offset", "apm_offset", "carry_history",
-        "mixer_decay", "apm_match", "apm_miss", "mixer_extra_rate"}  # fmt: skip
+        "mixer_decay", "apm_match", "apm_miss", "mixer_extra_rate", "final_min"}  # fmt: skip
     assert set(small(external_input=True).descriptor()["params"]) == (
         context_mix._PARAM_NAMES | context_mix._OPTIONAL_PARAM_NAMES
     )
     assert small().model_id != small(mixer_shift=12).model_id
     assert small().model_id != small(mixer_contexts=("field",)).model_id
+    assert small().model_id != small(final_min=4).model_id
 
 
 def _as_level3_now(contexts: tuple[str, ...]) -> tuple[str, ...]:
-    """What l3-2026-12j to 12n made of an earlier level 3: word and field gave way to four,
+    """What l3-2026-12j to 12o made of an earlier level 3: word and field gave way to four,
     then two more came, column and above2 left, matchbyte3 took matchbyte's place beside
-    wordskip, and headabove came."""
-    gone = ("word", "field", "column", "above2", "matchbyte")
+    wordskip, headabove came, and blankpos took linepos's place."""
+    gone = ("word", "field", "column", "above2", "matchbyte", "linepos")
     return tuple(c for c in contexts if c not in gone) + context_mix.TEXT_CONTEXTS + (
-        "keyword", "tmplnext2", "matchbyte3", "wordskip", "headabove"
+        "keyword", "tmplnext2", "matchbyte3", "wordskip", "headabove", "blankpos"
     )
 
 
-def _as_12n(contexts: tuple[str, ...]) -> tuple[str, ...]:
-    """What l3-2026-12m and 12n made of l3-2026-12l's contexts."""
-    return tuple(c for c in contexts if c != "matchbyte") + ("matchbyte3", "wordskip", "headabove")
+def _as_12o(contexts: tuple[str, ...]) -> tuple[str, ...]:
+    """What l3-2026-12m to 12o made of l3-2026-12l's contexts."""
+    return tuple(c for c in contexts if c not in ("matchbyte", "linepos")) + (
+        "matchbyte3", "wordskip", "headabove", "blankpos"
+    )
 
 
 def test_default_parameters_are_named_by_a_preset() -> None:
     # ~40 bytes of header instead of ~370; the spelled-out form still decodes (archives
     # made before presets), and a preset never changes meaning.
     pred = ContextMixPredictor(compiled=False)
-    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12n"}
+    assert pred.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12o"}
     assert from_descriptor(pred.descriptor()).full_descriptor() == pred.full_descriptor()
     assert from_descriptor(pred.full_descriptor()).descriptor() == pred.descriptor()
     assert context_mix.PRESETS["l3-2026-11"]["contexts"][-1] == "template"
@@ -358,22 +361,30 @@ def test_default_parameters_are_named_by_a_preset() -> None:
     # the default until l3-2026-12k: without keyword and tmplnext2
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12j"})
     kept = tuple(c for c in dec.contexts if c not in ("column", "above2"))
-    assert _as_12n(kept + ("keyword", "tmplnext2")) == pred.contexts and dec.mixer_init == 6000
+    assert _as_12o(kept + ("keyword", "tmplnext2")) == pred.contexts and dec.mixer_init == 6000
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12j"}
     # the default until l3-2026-12l: with column and above2, the weights from 6000
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12k"})
-    assert _as_12n(tuple(c for c in dec.contexts if c not in ("column", "above2"))) == pred.contexts
+    assert _as_12o(tuple(c for c in dec.contexts if c not in ("column", "above2"))) == pred.contexts
     assert (dec.mixer_init, pred.mixer_init) == (6000, context_mix.MIXER_INIT)
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12k"}
     # the default until l3-2026-12m: matchbyte with the last byte only, no wordskip
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12l"})
-    assert _as_12n(dec.contexts) == pred.contexts and "matchbyte" in dec.contexts
+    assert _as_12o(dec.contexts) == pred.contexts and "matchbyte" in dec.contexts
     assert dec.mixer_init == pred.mixer_init
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12l"}
     # the default until l3-2026-12n: without headabove
     dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12m"})
-    assert dec.contexts + ("headabove",) == pred.contexts and dec.mixer_init == pred.mixer_init
+    kept = tuple(c for c in dec.contexts if c != "linepos")
+    assert kept + ("headabove", "blankpos") == pred.contexts and "headabove" not in dec.contexts
     assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12m"}
+    # the default until l3-2026-12o: linepos in blankpos's place, the final probability
+    # clipped to [4, 65531]
+    dec = from_descriptor({"name": "cm", "version": 1, "preset": "l3-2026-12n"})
+    kept = tuple(c for c in dec.contexts if c != "linepos")
+    assert kept + ("blankpos",) == pred.contexts and "linepos" in dec.contexts
+    assert (dec.final_min, pred.final_min) == (4, 1) and "final_min" not in dec.full_descriptor()["params"]
+    assert dec.descriptor() == {"name": "cm", "version": 1, "preset": "l3-2026-12n"}
     for bad in (
         {"name": "cm", "version": 1, "preset": "l9"},
         {"name": "cm", "version": 1, "preset": "l3-2026-11", "params": {}},
@@ -568,7 +579,9 @@ def _preset_golden(preset: str, before: dict[str, Any]) -> tuple[Path, dict[str,
     """A preset's golden file and the arguments that rebuild its defaults: its contexts,
     and ``before``, what the parameters added since then meant for it."""
     name = "context_mix_" + preset.replace("-", "_") + ".json"
-    return GOLDEN.with_name(name), {"contexts": context_mix.PRESETS[preset]["contexts"], **before}
+    params = context_mix.PRESETS[preset]
+    kw = {"contexts": params["contexts"], "final_min": params.get("final_min", 4)}
+    return GOLDEN.with_name(name), {**kw, **before}
 
 
 # The eleven contexts of the first level 3 (its parameters, no extra weight sets): archives
@@ -597,13 +610,14 @@ GOLDENS = {
     },
     "l3_2026_12l": _preset_golden("l3-2026-12l", {}),
     "l3_2026_12m": _preset_golden("l3-2026-12m", {}),
+    "l3_2026_12n": _preset_golden("l3-2026-12n", {}),
     "default": (GOLDEN.with_name("context_mix_default.json"), {}),
 }  # fmt: skip
 # never regenerated
 FROZEN_GOLDENS = (
     "first_level3", "l3_2026_11", "l3_2026_12", "l3_2026_12b", "l3_2026_12c", "l3_2026_12d",
     "l3_2026_12e", "l3_2026_12g", "l3_2026_12h", "l3_2026_12i", "l3_2026_12j", "l3_2026_12k",
-    "l3_2026_12l", "l3_2026_12m",
+    "l3_2026_12l", "l3_2026_12m", "l3_2026_12n",
 )  # fmt: skip
 
 
