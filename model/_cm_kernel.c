@@ -594,10 +594,11 @@ static void byte_contexts(Kernel *k, i64 i, i64 pos) {
         case K_FIELD: v = wordh * H3 + (u64)k->field[i]; break;
         case K_SPARSE: v = (h8 >> 8) & 0xFFFF; break;
         case K_O8: v = h8; break;
-        case K_LINEPOS: v = ((u64)(k->col[i] < 255 ? k->col[i] : 255) << 8) | c1; break;
-        case K_BLANKPOS: /* linepos, or on a line blank so far the byte above */
-            v = k->blank[i] ? ((u64)1 << 20) | ((u64)k->above[i] << 8) | c1
-                            : ((u64)(k->col[i] < 255 ? k->col[i] : 255) << 8) | c1;
+        case K_LINEPOS:
+        case K_BLANKPOS: /* the position in the line, or (blankpos) on a line blank so far
+                          * the byte above */
+            v = ((u64)(k->col[i] < 255 ? k->col[i] : 255) << 8) | c1;
+            if (kind == K_BLANKPOS && k->blank[i]) v = ((u64)1 << 20) | ((u64)k->above[i] << 8) | c1;
             break;
         case K_SHAPE: {
             u64 sig = 0;

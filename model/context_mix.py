@@ -943,12 +943,11 @@ class ContextMixPredictor(Predictor):
                 v = (h8 >> _u64(8)) & _u64(0xFFFF)
             elif c == "o8":
                 v = h8.copy()
-            elif c == "linepos":  # position in the line with the last byte
+            elif c in ("linepos", "blankpos"):  # position in the line with the last byte
                 v = (np.minimum(self._col[:n], 255).astype(np.uint64) << _u64(8)) | c1
-            elif c == "blankpos":  # linepos, or on a line blank so far the byte above
-                pos_v = (np.minimum(self._col[:n], 255).astype(np.uint64) << _u64(8)) | c1
-                above_v = _u64(1 << 20) | (self._above[:n].astype(np.uint64) << _u64(8)) | c1
-                v = np.where(self._blank[:n] != 0, above_v, pos_v)
+                if c == "blankpos":  # ... or, on a line blank so far, the byte above
+                    above = _u64(1 << 20) | (self._above[:n].astype(np.uint64) << _u64(8)) | c1
+                    v = np.where(self._blank[:n] != 0, above, v)
             elif c == "shape":  # the classes of the last 8 bytes with the last byte
                 v = (_shape(h8, 8) << _u64(8)) | c1
             elif c == "above2":  # the byte above with the last two bytes
