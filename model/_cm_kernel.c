@@ -1014,6 +1014,7 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI], ncols = k->prm[P_NCOLS];
     i64 capm = k->prm[P_CAPM], cw = k->prm[P_CW], tsize = k->prm[P_TABLESIZE];
     i64 match_off = k->prm[P_MATCHOFF], w_off = k->prm[P_WOFF];
+    i64 plo = k->prm[P_FINALMIN], phi = 65535 - plo; /* the final clip (final_min) */
     int bad = 0;
     const i64 apm_wmul[4] = {-1, 1, -2, 2}, apm_wadd[4] = {4096, 0, 8192, 0};
     for (i64 i = 0; i < n; i++) {
@@ -1090,8 +1091,7 @@ static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
             u64 s4 = apm_pair_read(k->apm4, a4, wt, k->a4val + 2 * i);
             p16 = (i64)(((((u64)p12 << P_BITS) + s_apm + s3 + 4 * s4) / 10) >> (P_BITS - 16 + 12));
         }
-        i64 lo = k->prm[P_FINALMIN], hi = 65535 - lo; /* final_min */
-        p16out[i] = p16 < lo ? lo : (p16 > hi ? hi : p16);
+        p16out[i] = p16 < plo ? plo : (p16 > phi ? phi : p16);
         k->p16last[i] = p16out[i];
     }
     return bad ? -1 : 0;

@@ -135,8 +135,9 @@ TEMPLATE_MIXER_SELECTORS = ("field", "column", "shape2", "byte2", "match", "tabo
 # decoder allocate more than about 2**24 entries per table (128 MiB of int64).
 MAX_TABLE_BITS = 24
 # ... and all shared tables together at most 2**25 int64 entries (256 MiB); the defaults
-# use 32.4 M (the 29 hashed contexts of level 3 at 2**20 counters each, the mixer weights
-# and APMs: 247 MiB): room for one more context at level 3.
+# use 33.4 M (the 30 hashed contexts of level 3 at 2**20 counters each, the mixer weights
+# and APMs: 255 MiB since headabove, l3-2026-12n): no room for another context at level 3
+# without raising this bound.
 MAX_TOTAL_ENTRIES = 1 << 25
 MIN_TABLE_BITS = 10
 # The match table stores (position + 1) << 16 | row, so rows must fit in 16 bits; the
