@@ -63,6 +63,7 @@ class ArchiveWriter:
         self._on_progress = on_progress
         self._closed = False
         if predictor is not None:
+            predictor.expect_size(original_size)
             predictor.reset()
         size = UNKNOWN_SIZE if original_size is None else original_size
         dst.write(FileHeader(model_id, frame_size, size, descriptor).to_bytes())
@@ -110,6 +111,8 @@ class ArchiveReader:
         self.header = read_file_header(src)
         self._decoder = FrameDecoder(resolve_model(self.header.descriptor, self.header.model_id))
         if self._decoder.predictor is not None:
+            size = self.header.original_size
+            self._decoder.predictor.expect_size(None if size == UNKNOWN_SIZE else size)
             self._decoder.predictor.reset()
 
     def frames(self, on_progress: ProgressCallback | None = None) -> Iterator[bytes]:

@@ -95,6 +95,10 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12n+external", "version": 1}},
     {"name": "cm", "preset": "l3-2026-12o", "version": 1},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12o+external", "version": 1}},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12o+external", "version": 1},
+     "primed": True},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l1-2026-12+external", "version": 1},
+     "primed": True},
 )
 
 KIND_FRAME = 0x01

@@ -24,6 +24,8 @@ says what each pair rescales from and to::
     head.weight (V, C) int8, head.mult (V,)                -> 2**-exp_frac_bits nats
     exp_lut (12 * 2**exp_frac_bits + 1,) int32             round(2**16 exp(-i 2**-f))
     tokenizer.bytes (n,) uint8, tokenizer.offsets (V+1,) int32
+    cm.primer (n,) uint8                                   optional: cm's primer, xz
+                                                           (model/primer.py)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
+from tinyzip.model import primer as primer_mod
 from tinyzip.model.config import ModelConfig
 
 from tinyzip.errors import CheckpointError
@@ -74,6 +77,8 @@ class Checkpoint:
     """SHA-256 of the checkpoint file's bytes (32 bytes): its identity in archives."""
     n_bytes: int
     """Size of the checkpoint file."""
+    primer: bytes = field(default=b"", repr=False)
+    """cm's primer (model/primer.py), unpacked and checked; b"" when it has none."""
 
     @property
     def name(self) -> str:
@@ -172,11 +177,12 @@ def byte_tokenizer_table() -> list[bytes]:
 
 def save_checkpoint(path: str | Path, *, config: ModelConfig, tensors: Mapping[str, np.ndarray],
                     tokenizer_table: list[bytes] | tuple[bytes, ...],
-                    meta: Mapping[str, Any]) -> Checkpoint:
+                    meta: Mapping[str, Any], primer: bytes = b"") -> Checkpoint:
     """Write a ``.tzm`` and return it as loaded back (so a bad export fails here, not later).
 
-    ``tensors`` are the model tensors (no tokenizer ones); ``meta`` is free JSON-able
-    information (name, corpus summary, bpb...); format version and config are added.
+    ``tensors`` are the model tensors (no tokenizer or primer ones); ``meta`` is free
+    JSON-able information (name, corpus summary, bpb...); format version and config are
+    added, and the primer's length and SHA-256 when ``primer`` is given.
     """
     if len(tokenizer_table) != config.vocab_size:
         raise CheckpointError(
@@ -185,7 +191,10 @@ def save_checkpoint(path: str | Path, *, config: ModelConfig, tensors: Mapping[s
         )
     all_tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     all_tensors.update(_tokenizer_tensors(tokenizer_table))
-    full_meta = dict(meta)
+    full_meta = {k: v for k, v in meta.items() if k != primer_mod.META}
+    all_tensors.pop(primer_mod.TENSOR, None)
+    if primer:
+        all_tensors[primer_mod.TENSOR], full_meta[primer_mod.META] = primer_mod.pack(primer)
     full_meta["format_version"] = FORMAT_VERSION
     full_meta["config"] = config.to_dict()
     full_meta.setdefault("tokenizer", {"kind": "bytes" if config.vocab_size == 256 else "bpe"})
@@ -230,14 +239,18 @@ def load_checkpoint(source: str | Path | bytes) -> Checkpoint:
     offsets = tensors["tokenizer.offsets"].astype(np.int64)
     raw = tensors["tokenizer.bytes"].tobytes()
     table = tuple(raw[offsets[i]:offsets[i + 1]] for i in range(config.vocab_size))
+    primer = (primer_mod.unpack(tensors[primer_mod.TENSOR], meta.get(primer_mod.META), where)
+              if primer_mod.TENSOR in tensors else b"")
     return Checkpoint(config=config, tensors=tensors, meta=meta, tokenizer_table=table,
-                      model_id=hashlib.sha256(blob).digest(), n_bytes=len(blob))
+                      model_id=hashlib.sha256(blob).digest(), n_bytes=len(blob), primer=primer)
 
 
 def _validate(tensors: Mapping[str, np.ndarray], config: ModelConfig, where: str) -> None:
     """Names, dtypes, shapes and value ranges the engine relies on."""
     specs = tensor_specs(config)
     expected = set(specs) | {"tokenizer.bytes"}
+    if primer_mod.TENSOR in tensors:  # optional; unpacked and checked by load_checkpoint
+        expected.add(primer_mod.TENSOR)
     missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing:
         raise CheckpointError(f"{where}: missing tensor {missing[0]} ({len(missing)} missing)")

@@ -26,6 +26,7 @@ import numpy as np
 from tinyzip.model.checkpoint import Checkpoint
 from tinyzip.model.context_mix import ContextMixPredictor
 from tinyzip.model.predictor import Predictor
+from tinyzip.model.primer import learned_part
 from tinyzip.model.transformer_predictor import TransformerPredictor
 
 from tinyzip.errors import UsageError
@@ -43,8 +44,10 @@ class CmTransformerPredictor(Predictor):
 
     def __init__(
         self, checkpoint: Checkpoint, *, cm: ContextMixPredictor | None = None,
-        compiled: bool | None = None, backend: str = "numpy",
+        compiled: bool | None = None, backend: str = "numpy", primed: bool | None = None,
     ) -> None:  # fmt: skip
+        # primed: cm learns the checkpoint's primer before the data (model/primer.py);
+        # None: when the checkpoint has one
         # backend: the engine's ("torch" runs its matmuls in torch, never compiled); the
         # tables, and so the archives, are the same with every backend and compiled or not
         self.checkpoint = checkpoint
@@ -61,12 +64,19 @@ class CmTransformerPredictor(Predictor):
         if not cm.external_input:
             raise UsageError("cm+transformer needs a cm model made with external_input=True")
         self.cm = cm
+        self.primed = bool(checkpoint.primer) if primed is None else primed
+        if self.primed and not checkpoint.primer:
+            raise UsageError(f"primed=True, but {checkpoint.name} has no primer")
         self._bits = np.zeros(0, dtype=np.int64)  # the partial byte of each stream
+        self._size: int | None = None  # the archive's raw length, if known (expect_size)
 
     def descriptor(self) -> dict[str, Any]:
         # The checkpoint's id is the header's model_id field; repeating it here (as the
         # first archives did) cost 75 bytes per file.
-        return {"name": NAME, "name_hint": self.checkpoint.name, "cm": self.cm.descriptor()}
+        out = {"name": NAME, "name_hint": self.checkpoint.name, "cm": self.cm.descriptor()}
+        if self.primed:  # archives before the primer have no such key
+            out["primed"] = True
+        return out
 
     @property
     def model_id(self) -> bytes:
@@ -83,9 +93,37 @@ class CmTransformerPredictor(Predictor):
 
     # ---------------------------------------------------------------- lockstep
 
+    def expect_size(self, n_bytes: int | None) -> None:
+        self._size = n_bytes
+
     def reset(self) -> None:
         self.cm.reset()
+        self._learn_primer()
         self.begin(0)
+
+    def _learn_primer(self) -> None:
+        """cm learns the primer (tables, mixer, APMs) as a stream of its own, then forgets
+        that stream: the data starts as a fresh stream at position 0, with only what the
+        shared tables learned. The checkpoint's input is left out (uniform tables, whose
+        input is 0): it was trained on the primer, and trust learned there would mislead
+        the mixer on data the checkpoint never saw."""
+        if not self.primed:
+            return
+        part = learned_part(self.checkpoint.primer, self._size)
+        grid = np.unpackbits(np.frombuffer(part, dtype=np.uint8))[None, :]
+
+        def uniform(first: int, count: int) -> np.ndarray:
+            return np.ones((1, count, 256), dtype=np.int64)
+
+        if self.cm.encode_frame(grid, np.array([grid.shape[1]]), external=uniform) is None:
+            # no compiled kernels: the lockstep reference (the same state, tests/test_primer.py)
+            self.cm.begin(1)
+            for t in range(grid.shape[1]):
+                if self.cm._bit == 0:
+                    self.cm.set_external(uniform(0, 1), self.cm._step)
+                self.cm.predict(1)
+                self.cm.update(grid[:, t])
+        self.cm.forget_streams()
 
     def begin(self, n_streams: int) -> None:
         self.cm.begin(n_streams)
@@ -202,7 +240,11 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
     cm = cm_from_descriptor(descriptor.get("cm"))
     if not cm.external_input:
         raise CorruptInputError("cm+transformer archive whose cm model has no external input")
-    pred = CmTransformerPredictor(checkpoint, cm=cm)
+    primed = descriptor.get("primed", False)
+    if primed is not True and primed is not False or primed and not checkpoint.primer:
+        raise CorruptInputError(f"cm+transformer archive with primed={primed!r}, and "
+                                f"{checkpoint.name} has {'a' if checkpoint.primer else 'no'} primer")
+    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed)
     # archives written before 2026-12 also name the checkpoint inside the descriptor
     legacy = {**pred.descriptor(), "model_id": checkpoint.model_id_hex}
     if descriptor not in (pred.descriptor(), legacy):

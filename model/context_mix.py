@@ -739,6 +739,11 @@ class ContextMixPredictor(Predictor):
         self._apm4 = np.tile(ident, APM4_SIZE if self.apm_miss else 0)  # apm_miss's, alike
         self.begin(0)
 
+    def forget_streams(self) -> None:
+        """Make the next begin start fresh streams at position 0 even where it would carry
+        the histories on (carry_history): what the shared tables learned stays."""
+        self._b = 0
+
     def begin(self, n_streams: int) -> None:
         if not isinstance(n_streams, (int, np.integer)) or n_streams < 0:
             raise ValueError(f"n_streams must be an integer >= 0, got {n_streams!r}")

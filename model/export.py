@@ -151,13 +151,14 @@ def engine_bpb(checkpoint: Checkpoint, tokens: np.ndarray, *, batch_size: int = 
 
 def export(model: Transformer, *, tokenizer_table: list[bytes] | tuple[bytes, ...],
            meta: Mapping[str, Any], path: str | Path, calib_tokens: np.ndarray | None,
-           val_tokens: np.ndarray | None = None) -> Checkpoint:
+           val_tokens: np.ndarray | None = None, primer: bytes = b"") -> Checkpoint:
     """Write ``model`` as an int8 ``.tzm`` at ``path`` and return it.
 
     Activation scales come from QAT training when every one was observed (fake-quant
     was on while training); otherwise the model is calibrated on ``calib_tokens``
     (N, T) first. With ``val_tokens`` (N, T), the float, fake-quant and engine bpb and
     the engine's gap to fake-quant are measured and stored under ``meta["bpb"]``.
+    ``primer``: cm's primer (model/primer.py) to carry, if any.
     """
     model = model.cpu().float()
     uncalibrated = _check_calibrated(model)
@@ -178,7 +179,7 @@ def export(model: Transformer, *, tokenizer_table: list[bytes] | tuple[bytes, ..
         "n_params": model.config.n_params,
     }
     checkpoint = save_checkpoint(path, config=model.config, tensors=tensors,
-                                 tokenizer_table=tokenizer_table, meta=full_meta)
+                                 tokenizer_table=tokenizer_table, meta=full_meta, primer=primer)
     if val_tokens is None:
         return checkpoint
     val = np.asarray(val_tokens, dtype=np.int64)
@@ -194,4 +195,4 @@ def export(model: Transformer, *, tokenizer_table: list[bytes] | tuple[bytes, ..
     bpb["gap_engine_vs_fake_quant"] = bpb["engine"] - fq
     full_meta["bpb"] = bpb
     return save_checkpoint(path, config=model.config, tensors=tensors,
-                           tokenizer_table=tokenizer_table, meta=full_meta)
+                           tokenizer_table=tokenizer_table, meta=full_meta, primer=primer)

@@ -52,6 +52,7 @@ def card(checkpoint: Checkpoint) -> dict[str, Any]:
         "training": meta.get("training"),
         "bpb": meta.get("bpb"),
         "export": meta.get("export"),
+        "cm_primer": meta.get("cm_primer"),
     }
 
 
@@ -66,6 +67,9 @@ def _text(info: dict[str, Any]) -> str:
         f"vocabulary  {c['vocab_size']} symbols "
         f"({(info['tokenizer'] or {}).get('kind', '?')} tokenizer)",
     ]
+    primer = info["cm_primer"]
+    lines.append(f"cm primer   {primer['bytes']:,} bytes (sha256 {primer['sha256'][:16]}...)"
+                 if primer else "cm primer   none")
     bpb = info["bpb"]
     if bpb:
         lines.append(

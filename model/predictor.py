@@ -71,6 +71,10 @@ class Predictor(ABC):
     def reset(self) -> None:
         """Forget everything learned: the state at the start of an archive."""
 
+    def expect_size(self, n_bytes: int | None) -> None:
+        """The archive's raw length (None: not known), told before ``reset`` by writer and
+        reader alike: a predictor may scale what it learns before the data to it."""
+
     @abstractmethod
     def begin(self, n_streams: int) -> None:
         """Start ``n_streams`` new streams (per-stream history starts empty)."""

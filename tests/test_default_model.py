@@ -58,8 +58,18 @@ def test_compress_without_model_uses_the_default_and_decodes_by_id() -> None:
     desc = _descriptor(blob)
     assert desc == choose_model(None).descriptor
     assert desc["name"] == "cm+transformer"
+    assert desc["primed"] is True and ckpt.primer  # cm learns its primer first
     assert _header(blob).model_id == ckpt.model_id  # found by this id when decoding
     assert tinyzip.decompress(blob) == data
+
+
+def test_archives_of_the_previous_default_still_decode() -> None:
+    # written 2026-12-06 with the default of before its primer, still shipped for them
+    blob = (REPO / "tests" / "golden" / "archive_default_tiny_24k_unprimed_v2.tzp").read_bytes()
+    previous = load_checkpoint(REPO / "checkpoints" / "previous-default-tiny-24k.tzm")
+    assert _header(blob).model_id == previous.model_id and not previous.primer
+    assert "primed" not in _descriptor(blob)
+    assert tinyzip.decompress(blob) == (REPO / "samples" / "kafka-server.log").read_bytes()[:3000]
 
 
 def test_cli_list_names_the_default_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -99,8 +99,9 @@ def _build_parser(action: str | None) -> argparse.ArgumentParser:
     parser.add_argument("-m", "--model", metavar="MODEL",
                         help="model: a .tzm checkpoint trained on your logs (path or shipped "
                         "name), 'cm' (the built-in adaptive model, no checkpoint) or 'zstd' (no "
-                        "model); default: the shipped default model (default-tiny-24k: 72 KB, a tiny "
-                        "byte-level transformer trained on logs: 'tinyzip info default-tiny-24k'), "
+                        "model); default: the shipped default model (default-tiny-24k: 85 KB, a tiny "
+                        "byte-level transformer trained on logs and a primer of logs for cm: "
+                        "'tinyzip info default-tiny-24k'), "
                         "else cm. 'cm+CKPT' is CKPT "
                         "at --adapt max. When decompressing: where to find the archive's "
                         "checkpoint if it is not shipped")

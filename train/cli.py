@@ -28,6 +28,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from tinyzip.model.primer import DEFAULT_PRIMER_BYTES, MAX_PRIMER_BYTES
+
 from tinyzip.errors import TinyzipError, UsageError
 
 PROG = "tinyzip train"
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--holdout", action="append", default=[], metavar="GLOB",
                       help="files matching GLOB (path or base name) go to validation whole; "
                            "repeatable")
+    data.add_argument("--primer-bytes", type=int, default=DEFAULT_PRIMER_BYTES, metavar="N",
+                      help="byte models: carry at most N bytes of the training files' heads "
+                           "for cm to learn before the data (model/primer.py; 0 = none; "
+                           "default: %(default)s)")
     data.add_argument("--include-hidden", action="store_true",
                       help="also train on hidden files and folders")
     data.add_argument("--val-windows", type=int, default=512, metavar="N",
@@ -161,6 +167,8 @@ def _main(argv: list[str] | None) -> int:
     explicit_budget = args.max_time is not None or args.max_steps is not None
     if not explicit_budget:
         args.max_time = DEFAULT_MAX_TIME_S
+    if not 0 <= args.primer_bytes <= MAX_PRIMER_BYTES:
+        raise UsageError(f"--primer-bytes must be in 0..{MAX_PRIMER_BYTES}, got {args.primer_bytes}")
     if args.threads is not None:
         import torch
 
@@ -319,6 +327,7 @@ def _main(argv: list[str] | None) -> int:
     # --- export -------------------------------------------------------------------------
     import numpy as np
     from tinyzip.model.export import export
+    from tinyzip.model.primer import build_primer
 
     export_rows = _export_rows(store, train_config.context, max_rows=64)
     # Used only if fake-quant never ran (--qat-start 0, or stopped early before it).
@@ -343,8 +352,11 @@ def _main(argv: list[str] | None) -> int:
     out = Path(args.out) if out_given else run_dir / f"{run_dir.name}.tzm"
     out.parent.mkdir(parents=True, exist_ok=True)
     module.model.eval()
+    # cm's primer: heads of the training files (a held-out file is validation, whole)
+    primer = build_primer([f for f in corpus.files if not split_cfg.is_held_out(f.rel)],
+                          args.primer_bytes) if vocab == "byte" else b""
     checkpoint = export(module.model, tokenizer_table=tokenizer.id_to_bytes(), meta=meta,
-                        path=out, calib_tokens=calib, val_tokens=export_rows)
+                        path=out, calib_tokens=calib, val_tokens=export_rows, primer=primer)
     if not out_given:  # STYLE.md: the id prefix in the name, as CompressAI does
         named = out.with_name(f"{run_dir.name}-{checkpoint.model_id.hex()[:8]}.tzm")
         os.replace(out, named)

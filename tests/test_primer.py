@@ -1,0 +1,217 @@
+"""cm's primer (model/primer.py): built from a corpus, carried in the checkpoint and
+checked there, learned before the data by encoder and decoder alike (compiled or the
+lockstep reference), recorded in the archive; a hostile primer or descriptor is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tinyzip.coder.container import read_file_header
+from tinyzip.data.corpus import find_corpus
+from tinyzip.model import primer as primer_mod
+from tinyzip.model.checkpoint import load_checkpoint, save_checkpoint
+from tinyzip.model.cm_transformer import CmTransformerPredictor, from_descriptor
+from tinyzip.model.context_mix import ContextMixPredictor
+
+import tinyzip
+from tests.test_cm_transformer import LOG, SMALL, needs_kernel
+from tests.test_engine import _tiny_checkpoint
+from tinyzip.errors import CheckpointError, CorruptInputError, UsageError
+
+GOLDEN = Path(__file__).parent / "golden" / "primer.json"
+PRIMER = (
+    b"2016-12-19 15:59:58,001 INFO [Controller 0]: Broker 0 starting become controller\n"
+    b"2016-12-19 15:59:58,210 WARN [Controller 0]: Partition [t,1] has no leader\n"
+) * 10
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny test checkpoint, and the same with PRIMER as its primer."""
+    d = tmp_path_factory.mktemp("primer")
+    plain = _tiny_checkpoint(d / "tiny.tzm")
+    primed = d / "tiny-primed.tzm"
+    tensors = {k: v for k, v in plain.tensors.items() if not k.startswith("tokenizer.")}
+    save_checkpoint(primed, config=plain.config, tensors=tensors,
+                    tokenizer_table=plain.tokenizer_table, meta={"name": "tiny-primed"},
+                    primer=PRIMER)  # fmt: skip
+    return d / "tiny.tzm", primed
+
+
+def mixed(path: Path, *, compiled: bool | None = None, primed: bool | None = None
+          ) -> CmTransformerPredictor:
+    cm = ContextMixPredictor(external_input=True, compiled=compiled, **SMALL)
+    return CmTransformerPredictor(load_checkpoint(path), cm=cm, compiled=compiled, primed=primed)
+
+
+def test_build_primer_takes_a_line_cut_head_of_every_file_in_rounds(tmp_path: Path) -> None:
+    (tmp_path / "a.log").write_bytes(b"a1\na2\na3\na4\na5\na6\na7\na8\n" * 50)
+    (tmp_path / "b.log").write_bytes(b"b" * 64)  # no newline in its slice: left out
+    (tmp_path / "c.log").write_bytes(b"c1\nc2\n")
+    files = find_corpus(tmp_path).files
+    # slices of 32 bytes: a's first 10 lines (30 bytes), c's two lines, each in 4 pieces
+    # cut after a newline at or before each quarter; the rounds take piece r of each
+    assert primer_mod.build_primer(files, 96) == (
+        b"a1\na2\n" + b"a3\na4\na5\n" + b"c1\n" + b"a6\na7\n" + b"a8\na1\na2\n" + b"c2\n")
+    assert primer_mod.build_primer(files, 0) == b""
+    assert len(primer_mod.build_primer(files, 1000)) <= 1000
+
+
+def test_a_short_input_learns_a_line_cut_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    primer = b"".join(b"line %03d\n" % i for i in range(100))  # 900 bytes
+    assert primer_mod.learned_part(primer, None) == primer
+    assert primer_mod.learned_part(primer, 225) == primer
+    monkeypatch.setattr(primer_mod, "MIN_LEARNED", 100)
+    assert primer_mod.learned_part(primer, 10) == primer[:99]  # 11 lines
+    assert primer_mod.learned_part(primer, 50) == primer[:198]
+    assert primer_mod.learned_part(primer, 224) == primer[:891]
+
+
+def test_the_checkpoint_carries_the_primer_and_checks_it(paths: tuple[Path, Path]) -> None:
+    plain, primed = paths
+    assert load_checkpoint(plain).primer == b""
+    ck = load_checkpoint(primed)
+    assert ck.primer == PRIMER
+    assert ck.meta[primer_mod.META] == {"bytes": len(PRIMER),
+                                        "sha256": hashlib.sha256(PRIMER).hexdigest()}
+    assert lzma.decompress(ck.tensors[primer_mod.TENSOR].tobytes()) == PRIMER  # packed as xz
+    tensors = {k: v for k, v in ck.tensors.items() if not k.startswith("tokenizer.")}
+    tensors.pop(primer_mod.TENSOR)
+    # a primer whose bytes do not match its metadata, or that does not unpack
+    good_tensor, _ = primer_mod.pack(PRIMER)
+    bad_meta = {"bytes": len(PRIMER), "sha256": "0" * 64}
+    for tensor, meta in ((good_tensor, bad_meta), (good_tensor[:-4], ck.meta[primer_mod.META]),
+                         (good_tensor, {"bytes": primer_mod.MAX_PRIMER_BYTES + 1, "sha256": ""}),
+                         (good_tensor, None)):
+        with pytest.raises(CheckpointError, match="primer"):
+            primer_mod.unpack(tensor, meta)
+    # a bomb: far more bytes than the metadata says
+    bomb = np.frombuffer(lzma.compress(b"\n" * (1 << 20)), dtype=np.uint8)
+    with pytest.raises(CheckpointError, match="primer"):
+        primer_mod.unpack(bomb, {"bytes": 10, "sha256": hashlib.sha256(b"\n" * 10).hexdigest()})
+
+
+@needs_kernel
+def test_learning_the_primer_compiled_equals_the_lockstep_reference(
+    paths: tuple[Path, Path]
+) -> None:
+    _, primed = paths
+    fast, slow = mixed(primed), mixed(primed, compiled=False)
+    a = tinyzip.compress(LOG, model=fast, streams=1)
+    b = tinyzip.compress(LOG, model=slow, streams=1)
+    assert a == b
+    assert tinyzip.decompress(a, model=fast) == LOG == tinyzip.decompress(a, model=slow)
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_a_primed_archive_round_trips_and_names_the_primer(
+    paths: tuple[Path, Path], streams: int
+) -> None:
+    plain, primed = paths
+    blob = tinyzip.compress(LOG, model=f"cm+{primed}", streams=streams, frame_size=120)
+    header = read_file_header(io.BytesIO(blob))
+    assert header.descriptor["primed"] is True
+    assert header.model_id == load_checkpoint(primed).model_id
+    assert tinyzip.decompress(blob, model=str(primed)) == LOG
+    # a checkpoint without a primer writes the descriptor of before (no "primed")
+    old = tinyzip.compress(LOG, model=f"cm+{plain}", streams=streams, frame_size=120)
+    assert "primed" not in read_file_header(io.BytesIO(old)).descriptor
+
+
+def payload(pred: CmTransformerPredictor, data: bytes) -> bytes:
+    """The one-stream frame payload after what an archive does first (reset)."""
+    pred.reset()
+    grid = pred.to_symbols(data).astype(np.uint8)[None, :]
+    out = pred.encode_frame(grid, np.array([grid.shape[1]]))
+    if out is None:  # no compiled kernels: the archive's single chunk
+        return tinyzip.compress(data, model=pred, streams=1)[-200:]
+    return b"".join(out)
+
+
+def test_writer_and_reader_learn_the_same_part(
+    paths: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a short input learns a prefix of the primer, by the length in the header; a stream of
+    # unknown length learns all of it: both decode, and the two archives differ
+    _, primed = paths
+    monkeypatch.setattr(primer_mod, "MIN_LEARNED", 80)
+    data = LOG[:300]  # 4 * 300 bytes < the primer's 1,560
+    assert primer_mod.learned_part(PRIMER, len(data)) != PRIMER
+    short = tinyzip.compress(data, model=mixed(primed), streams=1)
+    src, dst = io.BytesIO(data), io.BytesIO()
+    tinyzip.compress_stream(src, dst, model=mixed(primed), streams=1)
+    assert read_file_header(io.BytesIO(dst.getvalue())).original_size != len(data)
+    assert short[-40:] != dst.getvalue()[-40:]
+    for blob in (short, dst.getvalue()):
+        assert tinyzip.decompress(blob, model=mixed(primed)) == data
+
+
+def test_the_primer_pays_on_data_like_it(paths: tuple[Path, Path]) -> None:
+    plain, primed = paths
+    with_primer = payload(mixed(primed), LOG)
+    without = payload(mixed(plain), LOG)
+    assert len(with_primer) < len(without)
+    # primed=False codes as a checkpoint without a primer does
+    assert payload(mixed(primed, primed=False), LOG) == without
+
+
+def test_primed_flag_and_descriptor_tampering(paths: tuple[Path, Path]) -> None:
+    plain, primed = paths
+    ck = load_checkpoint(primed)
+    with pytest.raises(UsageError, match="no primer"):
+        mixed(plain, primed=True)
+    desc = mixed(primed).descriptor()
+    assert desc["primed"] is True and "primed" not in mixed(primed, primed=False).descriptor()
+    assert from_descriptor(json.loads(json.dumps(desc)), ck).descriptor() == desc
+    for bad in (1, "true", None, 0):
+        with pytest.raises(CorruptInputError, match="primed"):
+            from_descriptor({**desc, "primed": bad}, ck)
+    with pytest.raises(CorruptInputError):  # False is written as no key at all
+        from_descriptor({**desc, "primed": False}, ck)
+    with pytest.raises(CorruptInputError, match="no primer"):
+        from_descriptor(desc, load_checkpoint(plain))
+
+
+def test_primed_archive_bytes_match_golden_hash(paths: tuple[Path, Path]) -> None:
+    _, primed = paths
+    got = {
+        f"b{streams}": hashlib.sha256(
+            tinyzip.compress(LOG + bytes(range(256)), model=mixed(primed), streams=streams,
+                             frame_size=400)
+        ).hexdigest()
+        for streams in (1, 3)
+    }
+    if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(got, indent=2) + "\n")
+    assert got == json.loads(GOLDEN.read_text())
+
+
+def test_attach_command_writes_a_primed_copy(paths: tuple[Path, Path], tmp_path: Path) -> None:
+    plain, _ = paths
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "x.log").write_bytes(PRIMER * 4)
+    out = tmp_path / "out.tzm"
+    assert primer_mod.main([str(plain), "--corpus", str(tmp_path / "corpus"), "--bytes", "200",
+                            "-o", str(out)]) == 0
+    ck, base = load_checkpoint(out), load_checkpoint(plain)
+    assert ck.primer == PRIMER[:PRIMER.rfind(b"\n", 0, 200) + 1]
+    assert all(np.array_equal(ck.tensors[k], v) for k, v in base.tensors.items())
+    assert ck.meta["name"] == "tiny-test"
+
+
+def test_the_default_primed_descriptors_have_codes() -> None:
+    from tinyzip.coder.container import FileHeader
+
+    for preset in ("l3-2026-12o+external", "l1-2026-12+external"):
+        desc = {"name": "cm+transformer", "name_hint": "m", "primed": True,
+                "cm": {"name": "cm", "preset": preset, "version": 1}}
+        head = FileHeader(bytes(32), 1 << 19, 1000, desc).to_bytes()
+        assert b"primed" not in head and len(head) < 60
+        assert read_file_header(io.BytesIO(head)).descriptor == desc
