@@ -2,13 +2,11 @@
 
 cm starts every archive knowing nothing, and on a small file much of what it pays goes
 on learning what any log looks like (timestamps, levels, words, the mixer's trust in
-each context). A checkpoint can carry a primer, a slice of the head of every training
-file cut at a line end (at most ``DEFAULT_PRIMER_BYTES`` in all): at ``--adapt max``
-and ``fast``, cm+transformer learns it (cm's tables, mixer and APMs; the checkpoint's
-prediction of it as the external input) before the first frame, in the encoder and the
-decoder alike, then starts the data as a fresh stream. Measured before it was built
-(cm alone, 128 KiB of the other two sets' heads, each file alone): kafka 77,612 ->
-74,396 bytes, loghub 113,690 -> 112,508 (docs/context_mix.md).
+each context). A checkpoint can carry a primer, one line of each kind found in the
+training files (at most ``DEFAULT_PRIMER_BYTES`` in all): at ``--adapt max`` and
+``fast``, cm+transformer learns it (cm's tables, mixer and APMs) before the first frame,
+in the encoder and the decoder alike, then starts the data as a fresh stream
+(docs/context_mix.md has the measurements).
 
 The primer travels xz-compressed in the checkpoint (tensor ``cm.primer``), its length
 and SHA-256 in the metadata, so the model stays one file and its id covers the primer.
@@ -18,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import lzma
+import re
 import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from tinyzip.data.corpus import CorpusFile, find_corpus
+from tinyzip.data.split import SplitConfig
 
 from tinyzip.errors import CheckpointError
 
@@ -34,8 +33,11 @@ DEFAULT_PRIMER_BYTES = 1 << 17
 #: Bound on a primer's length when reading one (a hostile checkpoint must not make a
 #: decoder learn for minutes or unpack gigabytes).
 MAX_PRIMER_BYTES = 1 << 22
-#: Rounds of build_primer's slices (see there).
-ROUNDS = 4
+#: build_primer: a line's template (digit runs, and hex runs of 6 or more, as one 0) and
+#: the bytes of it that tell kinds of line apart; longer lines are left out.
+_TEMPLATE = re.compile(rb"[0-9a-f]{6,}|[0-9]+")
+TEMPLATE_BYTES = 80
+MAX_LINE = 4096
 #: The least of a primer learned before a short input (learned_part).
 MIN_LEARNED = 1 << 16
 #: The tensor that holds it, and its metadata key ({"bytes": n, "sha256": hex}).
@@ -43,29 +45,43 @@ TENSOR = "cm.primer"
 META = "cm_primer"
 
 
-def build_primer(files: Sequence[CorpusFile], n_bytes: int = DEFAULT_PRIMER_BYTES) -> bytes:
-    """An equal slice of the head of each corpus file (in the corpus's order), cut after
-    a newline (a slice without one is left out), at most ``n_bytes`` in all.
+def build_primer(files: Sequence[CorpusFile], n_bytes: int = DEFAULT_PRIMER_BYTES,
+                 train_fraction: float = 1.0) -> bytes:
+    """Lines of the corpus files, one of each kind, at most ``n_bytes`` in all.
 
-    The head of a log is its most typical part for a new file of the same kind: the
-    start-up lines and the first of each kind of message. The slices go in ``ROUNDS``
-    rounds (the first quarter of every slice, then the second...), so that the part a
-    small input learns (``learned_part``) still covers every file."""
+    A line joins when its template is new: the line with every run of digits (and every
+    run of 6 or more hex digits) as one ``0``, its first ``TEMPLATE_BYTES``. The files
+    take turns, a line each, so that any prefix (``learned_part``) covers every file;
+    lines longer than ``MAX_LINE`` and lines that no longer fit are left out. Only the
+    first ``train_fraction`` of each file is read (the rest is validation in train.py).
+    cm learns from it what lines of these systems look like, each kind once: on kafka (cm
+    alone, 128 KiB of the other two sets) 77,612 -> 73,196 bytes, where the head of every
+    file gave 74,308."""
     if n_bytes <= 0 or not files:
         return b""
-    share = n_bytes // len(files)
-    pieces: list[list[bytes]] = []
+    seen: set[bytes] = set()
+    kinds: list[list[bytes]] = []
     for f in files:
         with f.open() as fh:
-            head = fh.read(share)
-        head = head[: head.rfind(b"\n") + 1]
-        cuts = [0]
-        for r in range(1, ROUNDS):
-            at = head.rfind(b"\n", cuts[-1], len(head) * r // ROUNDS)
-            cuts.append(at + 1 if at >= 0 else cuts[-1])
-        cuts.append(len(head))
-        pieces.append([head[a:b] for a, b in itertools.pairwise(cuts)])
-    return b"".join(p[r] for r in range(ROUNDS) for p in pieces)
+            data = fh.read()
+        data = data[: int(len(data) * train_fraction)]
+        kept = []
+        for line in data.split(b"\n")[:-1]:  # whole lines only
+            key = _TEMPLATE.sub(b"0", line)[:TEMPLATE_BYTES]
+            if key not in seen and len(line) < MAX_LINE:
+                seen.add(key)
+                kept.append(line + b"\n")
+        kinds.append(kept)
+    out: list[bytes] = []
+    room = n_bytes
+    for turn in range(max(map(len, kinds))):
+        for kept in kinds:
+            if turn < len(kept) and len(kept[turn]) <= room:
+                out.append(kept[turn])
+                room -= len(kept[turn])
+        if room < 2:
+            break
+    return b"".join(out)
 
 
 def learned_part(primer: bytes, input_bytes: int | None) -> bytes:
@@ -118,8 +134,8 @@ def unpack(tensor: np.ndarray, meta: object, where: str = "checkpoint") -> bytes
 
 def main(argv: list[str] | None = None) -> int:
     """python -m tinyzip.model.primer CKPT --corpus DIR... -o OUT: a copy of a
-    checkpoint with a primer built from the corpus (the checkpoint's own corpus, for the
-    same file train.py writes)."""
+    checkpoint with a primer built from the corpus, within the checkpoint's training split
+    (its own corpus gives the primer train.py would have built)."""
     from tinyzip.model.checkpoint import load_checkpoint, save_checkpoint
 
     ap = argparse.ArgumentParser(prog="python -m tinyzip.model.primer", description=main.__doc__)
@@ -129,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     ck = load_checkpoint(args.checkpoint)
-    primer = build_primer(find_corpus(args.corpus).files, args.bytes)
+    # the checkpoint's own split: held-out files and each file's tail are validation
+    split = ck.meta.get("split") or {}
+    held_out = SplitConfig(holdout=tuple(split.get("holdout", ()))).is_held_out
+    files = [f for f in find_corpus(args.corpus).files if not held_out(f.rel)]
+    primer = build_primer(files, args.bytes, 1.0 - float(split.get("val_fraction", 0.0)))
     tensors = {k: v for k, v in ck.tensors.items() if not k.startswith("tokenizer.")}
     meta = {k: v for k, v in ck.meta.items() if k not in ("format_version", "config")}
     out = save_checkpoint(args.output, config=ck.config, tensors=tensors,

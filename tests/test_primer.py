@@ -51,17 +51,18 @@ def mixed(path: Path, *, compiled: bool | None = None, primed: bool | None = Non
     return CmTransformerPredictor(load_checkpoint(path), cm=cm, compiled=compiled, primed=primed)
 
 
-def test_build_primer_takes_a_line_cut_head_of_every_file_in_rounds(tmp_path: Path) -> None:
-    (tmp_path / "a.log").write_bytes(b"a1\na2\na3\na4\na5\na6\na7\na8\n" * 50)
-    (tmp_path / "b.log").write_bytes(b"b" * 64)  # no newline in its slice: left out
-    (tmp_path / "c.log").write_bytes(b"c1\nc2\n")
+def test_build_primer_takes_one_line_of_each_kind_from_every_file_in_turn(tmp_path: Path
+                                                                         ) -> None:
+    (tmp_path / "a.log").write_bytes(b"ok 1\nok 22\nerr 0x3\nok 4\n" + b"x" * 5000 + b"\nlast\n")
+    (tmp_path / "b.log").write_bytes(b"ok 9\nwarn deadbeef01\nwarn cafe12345678\n")
+    (tmp_path / "c.log").write_bytes(b"no newline")
     files = find_corpus(tmp_path).files
-    # slices of 32 bytes: a's first 10 lines (30 bytes), c's two lines, each in 4 pieces
-    # cut after a newline at or before each quarter; the rounds take piece r of each
-    assert primer_mod.build_primer(files, 96) == (
-        b"a1\na2\n" + b"a3\na4\na5\n" + b"c1\n" + b"a6\na7\n" + b"a8\na1\na2\n" + b"c2\n")
+    # "ok N" is one kind (digits), so are the two warn lines (hex); too long a line and the
+    # lines after the train fraction are left out; the files take turns
+    assert primer_mod.build_primer(files, 1000) == b"ok 1\nwarn deadbeef01\nerr 0x3\nlast\n"
+    assert primer_mod.build_primer(files, 1000, train_fraction=0.6) == b"ok 1\nwarn deadbeef01\nerr 0x3\n"
+    assert primer_mod.build_primer(files, 9) == b"ok 1\n"  # the next line does not fit
     assert primer_mod.build_primer(files, 0) == b""
-    assert len(primer_mod.build_primer(files, 1000)) <= 1000
 
 
 def test_a_short_input_learns_a_line_cut_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,7 +202,7 @@ def test_attach_command_writes_a_primed_copy(paths: tuple[Path, Path], tmp_path:
     assert primer_mod.main([str(plain), "--corpus", str(tmp_path / "corpus"), "--bytes", "200",
                             "-o", str(out)]) == 0
     ck, base = load_checkpoint(out), load_checkpoint(plain)
-    assert ck.primer == PRIMER[:PRIMER.rfind(b"\n", 0, 200) + 1]
+    assert ck.primer == PRIMER.split(b"\n")[0] + b"\n" + PRIMER.split(b"\n")[1] + b"\n"
     assert all(np.array_equal(ck.tensors[k], v) for k, v in base.tensors.items())
     assert ck.meta["name"] == "tiny-test"
 

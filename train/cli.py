@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="files matching GLOB (path or base name) go to validation whole; "
                            "repeatable")
     data.add_argument("--primer-bytes", type=int, default=DEFAULT_PRIMER_BYTES, metavar="N",
-                      help="byte models: carry at most N bytes of the training files' heads "
-                           "for cm to learn before the data (model/primer.py; 0 = none; "
-                           "default: %(default)s)")
+                      help="byte models: carry at most N bytes of training lines, one of "
+                           "each kind, for cm to learn before the data (model/primer.py; "
+                           "0 = none; default: %(default)s)")
     data.add_argument("--include-hidden", action="store_true",
                       help="also train on hidden files and folders")
     data.add_argument("--val-windows", type=int, default=512, metavar="N",
@@ -352,9 +352,9 @@ def _main(argv: list[str] | None) -> int:
     out = Path(args.out) if out_given else run_dir / f"{run_dir.name}.tzm"
     out.parent.mkdir(parents=True, exist_ok=True)
     module.model.eval()
-    # cm's primer: heads of the training files (a held-out file is validation, whole)
+    # cm's primer, from the training split (held-out files and each file's tail are not)
     primer = build_primer([f for f in corpus.files if not split_cfg.is_held_out(f.rel)],
-                          args.primer_bytes) if vocab == "byte" else b""
+                          args.primer_bytes, 1.0 - split_cfg.val_fraction) if vocab == "byte" else b""
     checkpoint = export(module.model, tokenizer_table=tokenizer.id_to_bytes(), meta=meta,
                         path=out, calib_tokens=calib, val_tokens=export_rows, primer=primer)
     if not out_given:  # STYLE.md: the id prefix in the name, as CompressAI does
