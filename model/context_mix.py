@@ -739,6 +739,10 @@ class ContextMixPredictor(Predictor):
         self._apm4 = np.tile(ident, APM4_SIZE if self.apm_miss else 0)  # apm_miss's, alike
         self.begin(0)
 
+    def set_external_weight(self, weight: int) -> None:
+        """Set the external input's weights (one per partial byte, Q16) to ``weight``."""
+        self._t[self._ext_w_off :] = weight
+
     def forget_streams(self) -> None:
         """Make the next begin start fresh streams at position 0 even where it would carry
         the histories on (carry_history): what the shared tables learned stays."""
