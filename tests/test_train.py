@@ -72,6 +72,9 @@ def test_tiny_preset_trains_and_exports_a_loadable_checkpoint(tmp_path: Path,
     assert ckpt.meta["corpus"]["n_files"] == 2
     assert ckpt.meta["tokenizer"] == {"kind": "bytes"}
     assert 0 < ckpt.meta["bpb"]["engine"] < 9 and math.isfinite(float(summary["val_bpb"]))
+    # cm's primer (--primer-bytes): lines of each kind from the training split, the gzip
+    # member read decompressed; one line of LINES' kind, the other of BAD_UTF8's
+    assert sorted(ckpt.primer.splitlines(keepends=True)) == sorted([LINES[0], BAD_UTF8])
     # fake-quant was on for the last 20% of the budget, so export kept the trained scales
     assert "quantisation-aware" in ckpt.meta["export"]["calibration"]
     with open(tmp_path / "runs" / "toy" / "csv" / "version_0" / "metrics.csv") as f:
@@ -99,6 +102,7 @@ def test_bpe_run_exports_its_table_and_merges(tmp_path: Path, corpus: Path) -> N
     assert Path(str(summary["checkpoint"])).name.startswith(Path(str(summary["run_dir"])).name)
     assert ckpt.config.vocab_size == len(ckpt.tokenizer_table) == summary["vocab_size"]
     assert "calibrated" in ckpt.meta["export"]["calibration"]  # --qat-start 0: calibrated
+    assert ckpt.primer == b""  # cm mixes byte models only: no primer for BPE
     tok = tokenizer_from_table(ckpt.tokenizer_table, ckpt.meta["tokenizer"])
     data = b"".join(LINES[:20]) + BAD_UTF8
     assert tok.decode(tok.encode(data)) == data
