@@ -96,6 +96,7 @@ class CmTransformerPredictor(Predictor):
     # ---------------------------------------------------------------- lockstep
 
     def expect_size(self, n_bytes: int | None) -> None:
+        # how much of the primer reset learns (primer.learned_part)
         self._size = n_bytes
 
     def reset(self) -> None:
@@ -248,7 +249,7 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
     if not cm.external_input:
         raise CorruptInputError("cm+transformer archive whose cm model has no external input")
     primed = descriptor.get("primed", False)
-    if primed is not True and primed is not False or primed and not checkpoint.primer:
+    if not isinstance(primed, bool) or (primed and not checkpoint.primer):
         raise CorruptInputError(f"cm+transformer archive with primed={primed!r}, and "
                                 f"{checkpoint.name} has {'a' if checkpoint.primer else 'no'} primer")
     pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed)
