@@ -739,6 +739,20 @@ class ContextMixPredictor(Predictor):
         self._apm4 = np.tile(ident, APM4_SIZE if self.apm_miss else 0)  # apm_miss's, alike
         self.begin(0)
 
+    #: The arrays ``reset`` makes: all that a frame passes on to the next one besides the
+    #: per-stream histories (which ``begin`` remakes unless it carries them on).
+    SHARED_STATE = ("_t", "_ind1", "_ind2", "_ind4", "_apm3", "_apm4")
+
+    def shared_state(self) -> dict[str, np.ndarray]:
+        """Copies of the shared tables (see ``load_shared_state``)."""
+        return {name: getattr(self, name).copy() for name in self.SHARED_STATE}
+
+    def load_shared_state(self, state: dict[str, np.ndarray]) -> None:
+        """Overwrite the shared tables, in place, with ``shared_state()``'s copies: after
+        ``reset`` and ``forget_streams``, the predictor is then the one they were taken from."""
+        for name in self.SHARED_STATE:
+            np.copyto(getattr(self, name), state[name])
+
     def set_external_weight(self, weight: int) -> None:
         """Set the external input's weights (one per partial byte, Q16) to ``weight``."""
         self._t[self._ext_w_off :] = weight

@@ -216,3 +216,17 @@ def test_the_default_primed_descriptors_have_codes() -> None:
         head = FileHeader(bytes(32), 1 << 19, 1000, desc).to_bytes()
         assert b"primed" not in head and len(head) < 60
         assert read_file_header(io.BytesIO(head)).descriptor == desc
+
+
+def test_a_primer_learned_twice_is_kept_and_codes_the_same(paths: tuple[Path, Path]) -> None:
+    from tinyzip.model import cm_transformer
+
+    _, primed = paths
+    cm_transformer._primed_states.clear()
+    blobs = [tinyzip.compress(LOG, model=mixed(primed), streams=1) for _ in range(3)]
+    # the first learned it and noted it, the second learned it again and kept it, the
+    # third started from what was kept: the same archive all three times
+    ((_, kept),) = cm_transformer._primed_states.items()
+    assert kept is not None
+    assert blobs[0] == blobs[1] == blobs[2]
+    assert tinyzip.decompress(blobs[2], model=mixed(primed, compiled=False)) == LOG
