@@ -46,22 +46,25 @@ META = "cm_primer"
 
 
 def build_primer(files: Sequence[CorpusFile], n_bytes: int = DEFAULT_PRIMER_BYTES,
-                 train_fraction: float = 1.0) -> bytes:
+                 split: SplitConfig | None = None) -> bytes:
     """Lines of the corpus files, one of each kind, at most ``n_bytes`` in all.
 
     A line joins when its template is new: the line with every run of digits (and every
     run of 6 or more hex digits) as one ``0``, its first ``TEMPLATE_BYTES``. The files
     take turns, a line each, so that any prefix (``learned_part``) covers every file;
-    lines longer than ``MAX_LINE`` and lines that no longer fit are left out. Only the
-    first ``train_fraction`` of each file is read (the rest is validation in train.py).
+    lines longer than ``MAX_LINE`` and lines that no longer fit are left out. With a
+    ``split``, only its training part is read (no held-out file, no file's tail).
     cm learns from it what lines of these systems look like, each kind once: on kafka (cm
     alone, 128 KiB of the other two sets) 77,612 -> 73,196 bytes, where the head of every
     file gave 74,308."""
     if n_bytes <= 0 or not files:
         return b""
+    train_fraction = 1.0 if split is None else 1.0 - split.val_fraction
     seen: set[bytes] = set()
     kinds: list[list[bytes]] = []
     for f in files:
+        if split is not None and split.is_held_out(f.rel):
+            continue
         with f.open() as fh:
             data = fh.read()
         data = data[: int(len(data) * train_fraction)]
@@ -74,7 +77,7 @@ def build_primer(files: Sequence[CorpusFile], n_bytes: int = DEFAULT_PRIMER_BYTE
         kinds.append(kept)
     out: list[bytes] = []
     room = n_bytes
-    for turn in range(max(map(len, kinds))):
+    for turn in range(max(map(len, kinds), default=0)):
         for kept in kinds:
             if turn < len(kept) and len(kept[turn]) <= room:
                 out.append(kept[turn])
@@ -145,11 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     ck = load_checkpoint(args.checkpoint)
-    # the checkpoint's own split: held-out files and each file's tail are validation
-    split = ck.meta.get("split") or {}
-    held_out = SplitConfig(holdout=tuple(split.get("holdout", ()))).is_held_out
-    files = [f for f in find_corpus(args.corpus).files if not held_out(f.rel)]
-    primer = build_primer(files, args.bytes, 1.0 - float(split.get("val_fraction", 0.0)))
+    saved = ck.meta.get("split")  # the checkpoint's own split, as train.py recorded it
+    split = SplitConfig(val_fraction=float(saved.get("val_fraction", 0.0)),
+                        holdout=tuple(saved.get("holdout", ()))) if saved else None
+    primer = build_primer(find_corpus(args.corpus).files, args.bytes, split)
     tensors = {k: v for k, v in ck.tensors.items() if not k.startswith("tokenizer.")}
     meta = {k: v for k, v in ck.meta.items() if k not in ("format_version", "config")}
     out = save_checkpoint(args.output, config=ck.config, tensors=tensors,

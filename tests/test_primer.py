@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from tinyzip.coder.container import read_file_header
 from tinyzip.data.corpus import find_corpus
+from tinyzip.data.split import SplitConfig
 from tinyzip.model import primer as primer_mod
 from tinyzip.model.checkpoint import load_checkpoint, save_checkpoint
 from tinyzip.model.cm_transformer import CmTransformerPredictor, from_descriptor
@@ -60,7 +61,7 @@ def test_build_primer_takes_one_line_of_each_kind_from_every_file_in_turn(tmp_pa
     # "ok N" is one kind (digits), so are the two warn lines (hex); too long a line and the
     # lines after the train fraction are left out; the files take turns
     assert primer_mod.build_primer(files, 1000) == b"ok 1\nwarn deadbeef01\nerr 0x3\nlast\n"
-    assert primer_mod.build_primer(files, 1000, train_fraction=0.6) == b"ok 1\nwarn deadbeef01\nerr 0x3\n"
+    assert primer_mod.build_primer(files, 1000, SplitConfig(val_fraction=0.4)) == b"ok 1\nwarn deadbeef01\nerr 0x3\n"
     assert primer_mod.build_primer(files, 9) == b"ok 1\n"  # the next line does not fit
     assert primer_mod.build_primer(files, 0) == b""
 

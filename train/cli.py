@@ -352,9 +352,8 @@ def _main(argv: list[str] | None) -> int:
     out = Path(args.out) if out_given else run_dir / f"{run_dir.name}.tzm"
     out.parent.mkdir(parents=True, exist_ok=True)
     module.model.eval()
-    # cm's primer, from the training split (held-out files and each file's tail are not)
-    primer = build_primer([f for f in corpus.files if not split_cfg.is_held_out(f.rel)],
-                          args.primer_bytes, 1.0 - split_cfg.val_fraction) if vocab == "byte" else b""
+    # cm's primer, from the training split
+    primer = build_primer(corpus.files, args.primer_bytes, split_cfg) if vocab == "byte" else b""
     checkpoint = export(module.model, tokenizer_table=tokenizer.id_to_bytes(), meta=meta,
                         path=out, calib_tokens=calib, val_tokens=export_rows, primer=primer)
     if not out_given:  # STYLE.md: the id prefix in the name, as CompressAI does
