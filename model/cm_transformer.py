@@ -108,12 +108,12 @@ class CmTransformerPredictor(Predictor):
     def reset(self) -> None:
         self.cm.reset()
         self._learn_primer()
-        self.begin(0)
+        self.begin(0)  # no streams: the data's first frame starts fresh ones at position 0
 
     def _learn_primer(self) -> None:
-        """cm learns the primer (tables, mixer, APMs) as a stream of its own, then forgets
-        that stream: the data starts as a fresh stream at position 0, with only what the
-        shared tables learned. The checkpoint's input is left out (uniform tables, whose
+        """cm learns the primer (tables, mixer, APMs) as a stream of its own, which reset's
+        begin(0) then forgets: the data starts as a fresh stream at position 0, with only
+        what the shared tables learned. The checkpoint's input is left out (uniform tables, whose
         input is 0): it was trained on the primer, and trust learned there would mislead
         the mixer on data the checkpoint never saw."""
         if not self.primed:
@@ -123,7 +123,6 @@ class CmTransformerPredictor(Predictor):
         kept = _primed_states.get(key)
         if kept is not None:
             self.cm.load_shared_state(kept)
-            self.cm.forget_streams()
             return
         grid = np.unpackbits(np.frombuffer(part, dtype=np.uint8))[None, :]
 
@@ -138,7 +137,6 @@ class CmTransformerPredictor(Predictor):
                     self.cm.set_external(uniform(0, 1), self.cm._step)
                 self.cm.predict(1)
                 self.cm.update(grid[:, t])
-        self.cm.forget_streams()
         # ... and the checkpoint's input starts untrusted: once cm knows the kinds of line,
         # a checkpoint on logs it never saw costs more than it brings until the mixer
         # has learned how far to trust it (held-out loghub: 111,870 bytes at the usual

@@ -749,18 +749,13 @@ class ContextMixPredictor(Predictor):
 
     def load_shared_state(self, state: dict[str, np.ndarray]) -> None:
         """Overwrite the shared tables, in place, with ``shared_state()``'s copies: after
-        ``reset`` and ``forget_streams``, the predictor is then the one they were taken from."""
+        ``reset``, the predictor is then the one they were taken from, before its next begin."""
         for name in self.SHARED_STATE:
             np.copyto(getattr(self, name), state[name])
 
     def set_external_weight(self, weight: int) -> None:
         """Set the external input's weights (one per partial byte, Q16) to ``weight``."""
         self._t[self._ext_w_off :] = weight
-
-    def forget_streams(self) -> None:
-        """Make the next begin start fresh streams at position 0 even where it would carry
-        the histories on (carry_history): what the shared tables learned stays."""
-        self._b = 0
 
     def begin(self, n_streams: int) -> None:
         if not isinstance(n_streams, (int, np.integer)) or n_streams < 0:
