@@ -5,7 +5,8 @@
 Both are optional: without a C compiler the install still succeeds and the predictors run
 their numpy reference code, with identical results. No -march flags: the kernels are
 integer only, and a wheel must run on any machine of its architecture (the engine picks
-its AVX2 code at run time, per function, where the CPU has it).
+its AVX2 code at run time, per function, where the CPU has it; cm's per-bit functions are
+built once more per x86-64 level, and the loader picks the one the CPU runs).
 """
 
 from setuptools import Extension, setup
@@ -17,7 +18,7 @@ setup(
             ["model/_cm_kernel.c"],
             depends=["model/_engine_step.h"],
             optional=True,
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O3"],
         ),
         Extension(
             "tinyzip.model._engine_kernel",
