@@ -1731,9 +1731,37 @@ static PyTypeObject KernelType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* cap_counts(table, end, cap, checks_end): every counter of table[0:end] (int64, in place)
+ * that has seen more than cap bits counts cap (ContextMixPredictor.cap_counts); below
+ * checks_end, entry 0 of every 16 is a slot's check, no counter, and stays. */
+static PyObject *cap_counts(PyObject *mod, PyObject *args) {
+    Py_buffer tb;
+    Py_ssize_t end, cap, checks_end;
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "w*nnn", &tb, &end, &cap, &checks_end)) return NULL;
+    if (tb.itemsize != 8 || end < 0 || end > tb.len / 8 || cap < 0 || cap > N_MASK ||
+        checks_end < 0 || checks_end > end) {
+        PyBuffer_Release(&tb);
+        PyErr_SetString(PyExc_ValueError, "cap_counts: bad table, end, cap or checks_end");
+        return NULL;
+    }
+    i64 *t = tb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t m = 0; m < end; m++) {
+        i64 v = t[m], cnt = v & N_MASK;
+        if (cnt > cap && (m >= checks_end || m % 16)) t[m] = v - cnt + cap;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&tb);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"encode_binary", encode_binary, METH_VARARGS,
      "encode_binary(p16, grid, lengths, T): rANS payloads of binary streams (see rans.py)."},
+    {"cap_counts", cap_counts, METH_VARARGS,
+     "cap_counts(table, end, cap, checks_end): counters of table[:end] count at most cap "
+     "bits seen."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from tinyzip.model.checkpoint import Checkpoint
-from tinyzip.model.context_mix import ContextMixPredictor
+from tinyzip.model.context_mix import N_MASK, ContextMixPredictor
 from tinyzip.model.predictor import Predictor
 from tinyzip.model.primer import learned_part
 from tinyzip.model.transformer_predictor import TransformerPredictor
@@ -35,11 +35,16 @@ from tinyzip.errors import UsageError
 NAME = "cm+transformer"
 #: The checkpoint input's weight after the primer (Q16; EXT_WEIGHT_INIT without one).
 PRIMED_EXTERNAL_WEIGHT = 0
+#: After the primer, every cm counter counts at most this many bits seen (cap_counts):
+#: what the primer taught is a first guess, which the file's own bits soon overrule
+#: (docs/context_mix.md, "The count cap"). Archives before it have no "primer_counts"
+#: key and keep the primer's counts as learned.
+PRIMER_COUNTS = 1
 #: cm's state after a primer, kept for the process once the same primer was learned twice
 #: (a second archive with the same model: tinyzip -r, the API, decoding what was just
-#: coded): (checkpoint id, cm descriptor, bytes learned) -> the shared tables. One entry,
-#: about 270 MB with the default cm; a single archive keeps nothing.
-_primed_states: dict[tuple[bytes, str, int], dict[str, np.ndarray] | None] = {}
+#: coded): (checkpoint id, cm descriptor, bytes learned, count cap) -> the shared tables.
+#: One entry, about 270 MB with the default cm; a single archive keeps nothing.
+_primed_states: dict[tuple[bytes, str, int, int | None], dict[str, np.ndarray] | None] = {}
 
 
 class CmTransformerPredictor(Predictor):
@@ -53,9 +58,11 @@ class CmTransformerPredictor(Predictor):
     def __init__(
         self, checkpoint: Checkpoint, *, cm: ContextMixPredictor | None = None,
         compiled: bool | None = None, backend: str = "numpy", primed: bool | None = None,
+        primer_counts: int | None = PRIMER_COUNTS,
     ) -> None:  # fmt: skip
         # primed: cm learns the checkpoint's primer before the data (model/primer.py);
-        # None: when the checkpoint has one
+        # None: when the checkpoint has one. primer_counts: the cap on cm's counts after
+        # it (None: none, as archives before PRIMER_COUNTS)
         # backend: the engine's ("torch" runs its matmuls in torch, never compiled); the
         # tables, and so the archives, are the same with every backend and compiled or not
         self.checkpoint = checkpoint
@@ -75,6 +82,7 @@ class CmTransformerPredictor(Predictor):
         self.primed = bool(checkpoint.primer) if primed is None else primed
         if self.primed and not checkpoint.primer:
             raise UsageError(f"primed=True, but {checkpoint.name} has no primer")
+        self.primer_counts = primer_counts if self.primed else None
         self._bits = np.zeros(0, dtype=np.int64)  # the partial byte of each stream
         self._size: int | None = None  # the archive's raw length, if known (expect_size)
 
@@ -84,6 +92,8 @@ class CmTransformerPredictor(Predictor):
         out = {"name": NAME, "name_hint": self.checkpoint.name, "cm": self.cm.descriptor()}
         if self.primed:  # archives before the primer have no such key
             out["primed"] = True
+            if self.primer_counts is not None:
+                out["primer_counts"] = self.primer_counts
         return out
 
     @property
@@ -119,7 +129,8 @@ class CmTransformerPredictor(Predictor):
         if not self.primed:
             return
         part = learned_part(self.checkpoint.primer, self._size)
-        key = (self.checkpoint.model_id, json.dumps(self.cm.descriptor(), sort_keys=True), len(part))
+        key = (self.checkpoint.model_id, json.dumps(self.cm.descriptor(), sort_keys=True),
+               len(part), self.primer_counts)
         kept = _primed_states.get(key)
         if kept is not None:
             self.cm.load_shared_state(kept)
@@ -137,6 +148,8 @@ class CmTransformerPredictor(Predictor):
                     self.cm.set_external(uniform(0, 1), self.cm._step)
                 self.cm.predict(1)
                 self.cm.update(grid[:, t])
+        if self.primer_counts is not None:
+            self.cm.cap_counts(self.primer_counts)
         # ... and the checkpoint's input starts untrusted: once cm knows the kinds of line,
         # a checkpoint on logs it never saw costs more than it brings until the mixer
         # has learned how far to trust it (held-out loghub: 111,870 bytes at the usual
@@ -267,7 +280,12 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
     if not isinstance(primed, bool) or (primed and not checkpoint.primer):
         raise CorruptInputError(f"cm+transformer archive with primed={primed!r}, and "
                                 f"{checkpoint.name} has {'a' if checkpoint.primer else 'no'} primer")
-    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed)
+    counts = descriptor.get("primer_counts")
+    if "primer_counts" in descriptor and (
+        type(counts) is not int or not 0 <= counts <= N_MASK or not primed
+    ):
+        raise CorruptInputError(f"cm+transformer archive with primer_counts={counts!r}")
+    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed, primer_counts=counts)
     # archives written before 2026-12 also name the checkpoint inside the descriptor
     legacy = {**pred.descriptor(), "model_id": checkpoint.model_id_hex}
     if descriptor not in (pred.descriptor(), legacy):

@@ -753,6 +753,28 @@ class ContextMixPredictor(Predictor):
         for name in self.SHARED_STATE:
             np.copyto(getattr(self, name), state[name])
 
+    def cap_counts(self, cap: int) -> None:
+        """Every counter (contexts, match, APMs) that has seen more than ``cap`` bits
+        counts ``cap``: what came before (a primer) then weighs as ``cap`` bits seen, and
+        the data's own bits move it as fast as they would move a young counter."""
+        if not 0 <= cap <= N_MASK:
+            raise ValueError(f"cap must be in [0, {N_MASK}], got {cap}")
+        # (the contexts' slots are 16 entries from a multiple of 16; entry 0 is no counter)
+        for table, end, checks_end in (
+            (self._t, self._w_off, self._match_off), (self._apm3, None, 0),
+            (self._apm4, None, 0),
+        ):  # fmt: skip
+            end = table.size if end is None else end
+            if self.compiled:
+                _cm_kernel.cap_counts(table, end, cap, checks_end)
+                continue
+            for lo in range(0, end, 1 << 22):  # in pieces: temporaries of the whole are GBs
+                v = table[lo : min(end, lo + (1 << 22))]
+                at = np.arange(lo, lo + v.size)
+                cnt = v & N_MASK
+                counter = (at >= checks_end) | (at % 16 != 0)
+                v -= np.where((cnt > cap) & counter, cnt - cap, 0)
+
     def set_external_weight(self, weight: int) -> None:
         """Set the external input's weights (one per partial byte, Q16) to ``weight``."""
         self._t[self._ext_w_off :] = weight

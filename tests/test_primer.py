@@ -179,6 +179,16 @@ def test_primed_flag_and_descriptor_tampering(paths: tuple[Path, Path]) -> None:
         from_descriptor({**desc, "primed": False}, ck)
     with pytest.raises(CorruptInputError, match="no primer"):
         from_descriptor(desc, load_checkpoint(plain))
+    # the count cap: a small int, only beside the primer; absent in archives before it
+    assert desc["primer_counts"] == mixed(primed).primer_counts == 1
+    legacy = {k: v for k, v in desc.items() if k != "primer_counts"}
+    assert from_descriptor(legacy, ck).primer_counts is None
+    assert from_descriptor({**desc, "primer_counts": 7}, ck).descriptor()["primer_counts"] == 7
+    for bad in (-1, 1024, "2", True, 2.0, None, [2]):
+        with pytest.raises(CorruptInputError, match="primer_counts"):
+            from_descriptor({**desc, "primer_counts": bad}, ck)
+    with pytest.raises(CorruptInputError, match="primer_counts"):
+        from_descriptor({**mixed(primed, primed=False).descriptor(), "primer_counts": 2}, ck)
 
 
 def test_primed_archive_bytes_match_golden_hash(paths: tuple[Path, Path]) -> None:
@@ -208,15 +218,47 @@ def test_attach_command_writes_a_primed_copy(paths: tuple[Path, Path], tmp_path:
     assert ck.meta["name"] == "tiny-test"
 
 
+@needs_kernel
+def test_cap_counts_caps_the_counters_alone_compiled_as_in_numpy() -> None:
+    from tinyzip.model.context_mix import N_BITS, N_MASK, P_HALF
+
+    fast = ContextMixPredictor(external_input=True, **SMALL)
+    fast.reset()
+    grid = fast.to_symbols(LOG + PRIMER).astype(np.uint8)[None, :]
+    fast.encode_frame(grid, np.array([grid.shape[1]]), external=lambda first, count: np.ones(
+        (1, count, 256), dtype=np.int64))
+    slow = ContextMixPredictor(external_input=True, compiled=False, **SMALL)
+    slow.reset()
+    slow.load_shared_state(fast.shared_state())
+    before = fast.shared_state()
+    for cm in (fast, slow):
+        cm.cap_counts(3)
+    for name, after in fast.shared_state().items():
+        assert np.array_equal(after, getattr(slow, name)), name
+    end = fast._w_off
+    t0, t1 = before["_t"][:end], fast._t[:end]
+    check = (np.arange(end) < fast._match_off) & (np.arange(end) % 16 == 0)
+    assert np.array_equal(t0[check], t1[check])  # slot checks stay
+    assert (t0[check] != P_HALF << N_BITS).any()  # (slots were claimed)
+    assert ((t0[~check] & N_MASK) > 3).any()  # there was something to cap ...
+    assert ((t1[~check] & N_MASK) <= 3).all()  # ... and every count is capped
+    assert np.array_equal(t0 >> 10, t1 >> 10)  # probabilities stay
+    assert np.array_equal(before["_t"][end:], fast._t[end:])  # mixer weights stay
+    assert ((fast._apm3 & N_MASK) <= 3).all() and ((fast._apm4 & N_MASK) <= 3).all()
+    with pytest.raises(ValueError, match="cap"):
+        fast.cap_counts(N_MASK + 1)
+
+
 def test_the_default_primed_descriptors_have_codes() -> None:
     from tinyzip.coder.container import FileHeader
 
     for preset in ("l3-2026-12o+external", "l1-2026-12+external"):
-        desc = {"name": "cm+transformer", "name_hint": "m", "primed": True,
-                "cm": {"name": "cm", "preset": preset, "version": 1}}
-        head = FileHeader(bytes(32), 1 << 19, 1000, desc).to_bytes()
-        assert b"primed" not in head and len(head) < 60
-        assert read_file_header(io.BytesIO(head)).descriptor == desc
+        for cap in ({}, {"primer_counts": 1}):  # before the count cap, and since
+            desc = {"name": "cm+transformer", "name_hint": "m", "primed": True,
+                    "cm": {"name": "cm", "preset": preset, "version": 1}, **cap}
+            head = FileHeader(bytes(32), 1 << 19, 1000, desc).to_bytes()
+            assert b"primed" not in head and len(head) < 60
+            assert read_file_header(io.BytesIO(head)).descriptor == desc
 
 
 def test_a_primer_learned_twice_is_kept_and_codes_the_same(paths: tuple[Path, Path]) -> None:
