@@ -36,7 +36,7 @@ MAX_PRIMER_BYTES = 1 << 22
 #: build_primer: a line's template (digit runs, and hex runs of 6 or more, as one 0) and
 #: the bytes of it that tell kinds of line apart; longer lines are left out.
 _TEMPLATE = re.compile(rb"[0-9a-f]{6,}|[0-9]+")
-TEMPLATE_BYTES = 80
+TEMPLATE_BYTES = 50
 MAX_LINE = 4096
 #: The least of a primer learned before a short input (learned_part).
 MIN_LEARNED = 1 << 16
@@ -55,8 +55,9 @@ def build_primer(files: Sequence[CorpusFile], n_bytes: int = DEFAULT_PRIMER_BYTE
     lines longer than ``MAX_LINE`` and lines that no longer fit are left out. With a
     ``split``, only its training part is read (no held-out file, no file's tail).
     cm learns from it what lines of these systems look like, each kind once: on kafka (cm
-    alone, 128 KiB of the other two sets) 77,612 -> 73,196 bytes, where the head of every
-    file gave 74,308."""
+    alone, 128 KiB of the other two sets, 80 template bytes) 77,612 -> 73,196 bytes, where
+    the head of every file gave 74,308; 50 template bytes did best of 30-160 on the three
+    held-out sets once cm caps its counts after the primer (docs/context_mix.md)."""
     if n_bytes <= 0 or not files:
         return b""
     train_fraction = 1.0 if split is None else 1.0 - split.val_fraction
