@@ -1005,8 +1005,6 @@ static inline i64 miss_state(i64 ms) {
 #define TZ_CLONES
 #endif
 
-/* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
- * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
 /* The external input of stream i at byte `step`: stretch of P(next bit = 1) from the
  * byte's table, as the exact ratio of two partial sums (ExternalInput in numpy).
  * -1 when no table covers that byte. */
@@ -1032,6 +1030,8 @@ static inline int ext_input(const Kernel *k, i64 i, i64 step, int bit, i64 c0, i
     return 0;
 }
 
+/* predict for streams 0..n-1 at bit position bit: p16[i] = P(bit = 1) in 1/65536 units.
+ * Returns 0, or -1 when a table index leaves the table (inconsistent state). */
 TZ_CLONES static int predict_core(Kernel *k, i64 n, int bit, i64 step, i64 *p16out) {
     i64 nc = k->prm[P_NC], ni = k->prm[P_NI], ncols = k->prm[P_NCOLS];
     i64 capm = k->prm[P_CAPM], cw = k->prm[P_CW], tsize = k->prm[P_TABLESIZE];
