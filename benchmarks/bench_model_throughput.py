@@ -28,15 +28,10 @@ def _files(paths: list[str]) -> list[Path]:
     return [f for f in out if f.name != "SOURCE.txt"]
 
 
-def _forget_primed_state() -> None:
-    """What a fresh process per file pays: cm learns the primer anew every time."""
-    from tinyzip.model import cm_transformer
-
-    cm_transformer._primed_states.clear()
-
-
 def _run(model: str, adapt: str | None, files: list[Path], fresh: bool) -> dict[str, float]:
+    # fresh: what a process per file pays, cm learning the primer anew every time
     import tinyzip
+    from tinyzip.model.cm_transformer import forget_primed_states
 
     raw = packed = 0
     times = {"compress": 0.0, "decompress": 0.0}
@@ -44,13 +39,13 @@ def _run(model: str, adapt: str | None, files: list[Path], fresh: bool) -> dict[
     for f in files:
         data = f.read_bytes()
         if fresh:
-            _forget_primed_state()
+            forget_primed_states()
         t, c = time.perf_counter(), time.process_time()
         blob = tinyzip.compress(data, model, adapt=adapt)
         times["compress"] += time.perf_counter() - t
         cpus["compress"] += time.process_time() - c
         if fresh:
-            _forget_primed_state()
+            forget_primed_states()
         t, c = time.perf_counter(), time.process_time()
         back = tinyzip.decompress(blob, model)
         times["decompress"] += time.perf_counter() - t

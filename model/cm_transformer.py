@@ -47,6 +47,12 @@ PRIMER_COUNTS = 1
 _primed_states: dict[tuple[bytes, str, int, int | None], dict[str, np.ndarray] | None] = {}
 
 
+def forget_primed_states() -> None:
+    """Drop the kept state: the next archive learns its primer anew, as a fresh process
+    does (benchmarks/bench_model_throughput.py --fresh)."""
+    _primed_states.clear()
+
+
 class CmTransformerPredictor(Predictor):
     """Bitwise cm over B streams, with a byte-level checkpoint's tables as an input."""
 
