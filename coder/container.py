@@ -103,6 +103,8 @@ KNOWN_DESCRIPTORS: tuple[dict[str, Any], ...] = (
      "primed": True, "primer_counts": 1},
     {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l1-2026-12+external", "version": 1},
      "primed": True, "primer_counts": 1},
+    {"name": "cm+transformer", "cm": {"name": "cm", "preset": "l3-2026-12o+external", "version": 1},
+     "primed": True, "primer_counts": 1, "primer_mixer": 4},
 )
 
 KIND_FRAME = 0x01

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from tinyzip.model.checkpoint import Checkpoint
-from tinyzip.model.context_mix import N_MASK, ContextMixPredictor
+from tinyzip.model.context_mix import LEVELS, N_MASK, ContextMixPredictor
 from tinyzip.model.predictor import Predictor
 from tinyzip.model.primer import learned_part
 from tinyzip.model.transformer_predictor import TransformerPredictor
@@ -40,11 +40,20 @@ PRIMED_EXTERNAL_WEIGHT = 0
 #: (docs/context_mix.md, "The count cap"). Archives before it have no "primer_counts"
 #: key and keep the primer's counts as learned.
 PRIMER_COUNTS = 1
+#: ... and every mixer weight keeps this many eighths of what the primer taught it
+#: (relax_mixer): the primer's lines are each new, a log's lines repeat, so the mixer's
+#: trust must come mostly from the file (held-out sets, cm alone: 470,786 -> 467,946
+#: bytes; docs/context_mix.md, "The mixer after the primer"). Archives before it have no
+#: "primer_mixer" key and keep the mixer as learned. Level 1 (--adapt fast) keeps it: with
+#: its few contexts relaxing cost 0.12% on held-out kafka (111,666 -> 111,802 bytes).
+PRIMER_MIXER = 4
 #: cm's state after a primer, kept for the process once the same primer was learned twice
 #: (a second archive with the same model: tinyzip -r, the API, decoding what was just
-#: coded): (checkpoint id, cm descriptor, bytes learned, count cap) -> the shared tables.
+#: coded): (checkpoint id, cm descriptor, bytes learned, count cap, mixer kept) -> the
+#: shared tables.
 #: One entry, about 270 MB with the default cm; a single archive keeps nothing.
-_primed_states: dict[tuple[bytes, str, int, int | None], dict[str, np.ndarray] | None] = {}
+_primed_states: dict[tuple[bytes, str, int, int | None, int | None],
+                     dict[str, np.ndarray] | None] = {}
 
 
 def forget_primed_states() -> None:
@@ -64,11 +73,13 @@ class CmTransformerPredictor(Predictor):
     def __init__(
         self, checkpoint: Checkpoint, *, cm: ContextMixPredictor | None = None,
         compiled: bool | None = None, backend: str = "numpy", primed: bool | None = None,
-        primer_counts: int | None = PRIMER_COUNTS,
+        primer_counts: int | None = PRIMER_COUNTS, primer_mixer: int | str | None = "auto",
     ) -> None:  # fmt: skip
         # primed: cm learns the checkpoint's primer before the data (model/primer.py);
         # None: when the checkpoint has one. primer_counts: the cap on cm's counts after
-        # it (None: none, as archives before PRIMER_COUNTS)
+        # it (None: none, as archives before PRIMER_COUNTS); primer_mixer: the eighths of
+        # its mixer weights kept (None: all, as archives before PRIMER_MIXER; "auto":
+        # PRIMER_MIXER, but None with level 1's or 2's contexts)
         # backend: the engine's ("torch" runs its matmuls in torch, never compiled); the
         # tables, and so the archives, are the same with every backend and compiled or not
         self.checkpoint = checkpoint
@@ -89,6 +100,11 @@ class CmTransformerPredictor(Predictor):
         if self.primed and not checkpoint.primer:
             raise UsageError(f"primed=True, but {checkpoint.name} has no primer")
         self.primer_counts = primer_counts if self.primed else None
+        if primer_mixer == "auto":
+            primer_mixer = None if tuple(cm.contexts) in (LEVELS[1], LEVELS[2]) else PRIMER_MIXER
+        if primer_mixer is not None and not isinstance(primer_mixer, int):
+            raise UsageError(f"primer_mixer must be an int, None or 'auto', got {primer_mixer!r}")
+        self.primer_mixer = primer_mixer if self.primed else None
         self._bits = np.zeros(0, dtype=np.int64)  # the partial byte of each stream
         self._size: int | None = None  # the archive's raw length, if known (expect_size)
 
@@ -100,6 +116,8 @@ class CmTransformerPredictor(Predictor):
             out["primed"] = True
             if self.primer_counts is not None:
                 out["primer_counts"] = self.primer_counts
+            if self.primer_mixer is not None:
+                out["primer_mixer"] = self.primer_mixer
         return out
 
     @property
@@ -136,7 +154,7 @@ class CmTransformerPredictor(Predictor):
             return
         part = learned_part(self.checkpoint.primer, self._size)
         key = (self.checkpoint.model_id, json.dumps(self.cm.descriptor(), sort_keys=True),
-               len(part), self.primer_counts)
+               len(part), self.primer_counts, self.primer_mixer)
         kept = _primed_states.get(key)
         if kept is not None:
             self.cm.load_shared_state(kept)
@@ -156,6 +174,8 @@ class CmTransformerPredictor(Predictor):
                 self.cm.update(grid[:, t])
         if self.primer_counts is not None:
             self.cm.cap_counts(self.primer_counts)
+        if self.primer_mixer is not None:
+            self.cm.relax_mixer(self.primer_mixer)
         # ... and the checkpoint's input starts untrusted: once cm knows the kinds of line,
         # a checkpoint on logs it never saw costs more than it brings until the mixer
         # has learned how far to trust it (held-out loghub: 111,870 bytes at the usual
@@ -291,7 +311,11 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
         type(counts) is not int or not 0 <= counts <= N_MASK or not primed
     ):
         raise CorruptInputError(f"cm+transformer archive with primer_counts={counts!r}")
-    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed, primer_counts=counts)
+    keep = descriptor.get("primer_mixer")
+    if "primer_mixer" in descriptor and (type(keep) is not int or not 0 <= keep <= 8 or not primed):
+        raise CorruptInputError(f"cm+transformer archive with primer_mixer={keep!r}")
+    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed, primer_counts=counts,
+                                  primer_mixer=keep)
     # archives written before 2026-12 also name the checkpoint inside the descriptor
     legacy = {**pred.descriptor(), "model_id": checkpoint.model_id_hex}
     if descriptor not in (pred.descriptor(), legacy):

@@ -775,6 +775,19 @@ class ContextMixPredictor(Predictor):
                 counter = (at >= checks_end) | (at % 16 != 0)
                 v -= np.where((cnt > cap) & counter, cnt - cap, 0)
 
+    def relax_mixer(self, keep: int) -> None:
+        """Every mixer weight keeps ``keep``/8 of what it learned: sets A and B move back
+        toward their initial ``mixer_init // 2``, the extra sets toward 0 (rounding down).
+        After a primer of one line of each kind, the mixer trusts what paid on lines never
+        seen before; on a log, whose lines repeat, the file's own bits must retrain it."""
+        if not 0 <= keep <= 8:
+            raise ValueError(f"keep must be in [0, 8], got {keep}")
+        w = self._t[self._w_off : self._wx_off]  # (a view: the table changes in place)
+        init = self.mixer_init // 2
+        w[:] = init + (w - init) * keep // 8
+        x = self._t[self._wx_off : self._ext_w_off]
+        x[:] = x * keep // 8
+
     def set_external_weight(self, weight: int) -> None:
         """Set the external input's weights (one per partial byte, Q16) to ``weight``."""
         self._t[self._ext_w_off :] = weight

@@ -84,6 +84,16 @@ def test_archives_of_the_first_primed_default_still_decode() -> None:
     assert tinyzip.decompress(blob) == (REPO / "samples" / "kafka-server.log").read_bytes()[:3000]
 
 
+def test_archives_of_the_default_before_the_mixer_was_relaxed_still_decode() -> None:
+    # written 2026-12-06 with today's default model, when cm capped the primer's counts
+    # but kept the mixer as the primer left it (descriptor code 35, no "primer_mixer")
+    blob = (REPO / "tests" / "golden" / "archive_default_tiny_24k_capped_v2.tzp").read_bytes()
+    desc = _descriptor(blob)
+    assert desc["primer_counts"] == 1 and "primer_mixer" not in desc
+    assert _header(blob).model_id == load_checkpoint(DEFAULTS[0]).model_id
+    assert tinyzip.decompress(blob) == (REPO / "samples" / "kafka-server.log").read_bytes()[:3000]
+
+
 def test_cli_list_names_the_default_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                            ) -> None:
     src = tmp_path / "app.log"
@@ -151,9 +161,9 @@ def test_default_archive_bytes_are_pinned_across_threads(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_the_plain_numpy_reference_gives_the_compiled_bytes(monkeypatch: pytest.MonkeyPatch
                                                             ) -> None:
-    # numpy engine and numpy cm (lockstep, the primer and its count cap included) instead
-    # of the C kernels: the same archive. A short input and a 16 KiB primer prefix keep
-    # it to minutes (the whole 64 KiB prefix took half an hour); the compiled archive of
+    # numpy engine and numpy cm (lockstep, the primer, its count cap and the relaxed
+    # mixer included) instead of the C kernels: the same archive. A short input and a
+    # 16 KiB primer prefix keep it to minutes (the whole 64 KiB prefix took half an hour); the compiled archive of
     # the real settings is pinned by test_default_archive_bytes_are_pinned_across_threads.
     from tinyzip.model import cm_transformer
     from tinyzip.model import primer as primer_mod
@@ -165,5 +175,6 @@ def test_the_plain_numpy_reference_gives_the_compiled_bytes(monkeypatch: pytest.
     monkeypatch.setattr(cm_transformer, "_primed_states", {})  # learned here, not restored
     reference = tinyzip.compress(data)
     assert _descriptor(reference)["primer_counts"] == 1
+    assert _descriptor(reference)["primer_mixer"] == 4
     assert reference == compiled
     assert tinyzip.decompress(reference) == data

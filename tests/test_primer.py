@@ -10,6 +10,7 @@ import json
 import lzma
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,10 +47,11 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d / "tiny.tzm", primed
 
 
-def mixed(path: Path, *, compiled: bool | None = None, primed: bool | None = None
-          ) -> CmTransformerPredictor:
+def mixed(path: Path, *, compiled: bool | None = None, primed: bool | None = None,
+          **settings: Any) -> CmTransformerPredictor:
     cm = ContextMixPredictor(external_input=True, compiled=compiled, **SMALL)
-    return CmTransformerPredictor(load_checkpoint(path), cm=cm, compiled=compiled, primed=primed)
+    return CmTransformerPredictor(load_checkpoint(path), cm=cm, compiled=compiled, primed=primed,
+                                  **settings)
 
 
 def test_build_primer_takes_one_line_of_each_kind_from_every_file_in_turn(tmp_path: Path
@@ -189,15 +191,40 @@ def test_primed_flag_and_descriptor_tampering(paths: tuple[Path, Path]) -> None:
             from_descriptor({**desc, "primer_counts": bad}, ck)
     with pytest.raises(CorruptInputError, match="primer_counts"):
         from_descriptor({**mixed(primed, primed=False).descriptor(), "primer_counts": 2}, ck)
+    # the mixer relaxed after it: eighths kept, 0..8, only beside the primer
+    assert desc["primer_mixer"] == mixed(primed).primer_mixer == 4
+    legacy = {k: v for k, v in desc.items() if k != "primer_mixer"}
+    assert from_descriptor(legacy, ck).primer_mixer is None
+    assert "primer_mixer" not in from_descriptor(legacy, ck).descriptor()
+    assert from_descriptor({**desc, "primer_mixer": 8}, ck).descriptor()["primer_mixer"] == 8
+    for bad in (-1, 9, "4", True, 4.0, None, [4]):
+        with pytest.raises(CorruptInputError, match="primer_mixer"):
+            from_descriptor({**desc, "primer_mixer": bad}, ck)
+    with pytest.raises(CorruptInputError, match="primer_mixer"):
+        from_descriptor({**mixed(primed, primed=False).descriptor(), "primer_mixer": 4}, ck)
+
+
+def test_the_mixer_is_relaxed_by_default_at_level_3_alone(paths: tuple[Path, Path]) -> None:
+    _, primed = paths
+    ck = load_checkpoint(primed)
+    for level, keep in ((1, None), (3, 4)):
+        cm = ContextMixPredictor(level=level, external_input=True, table_bits=10)
+        assert CmTransformerPredictor(ck, cm=cm).primer_mixer == keep
+    cm = ContextMixPredictor(level=1, external_input=True, table_bits=10)
+    assert CmTransformerPredictor(ck, cm=cm, primer_mixer=2).descriptor()["primer_mixer"] == 2
+    with pytest.raises(UsageError, match="primer_mixer"):
+        CmTransformerPredictor(ck, cm=cm, primer_mixer="4")
 
 
 def test_primed_archive_bytes_match_golden_hash(paths: tuple[Path, Path]) -> None:
     _, primed = paths
+    # b1, b3: the mixer as the primer left it (archives before primer_mixer, code 35)
     got = {
-        f"b{streams}": hashlib.sha256(
-            tinyzip.compress(LOG + bytes(range(256)), model=mixed(primed), streams=streams,
-                             frame_size=400)
+        f"b{streams}{suffix}": hashlib.sha256(
+            tinyzip.compress(LOG + bytes(range(256)), model=mixed(primed, primer_mixer=keep),
+                             streams=streams, frame_size=400)
         ).hexdigest()
+        for suffix, keep in (("", None), ("_mixer4", 4))
         for streams in (1, 3)
     }
     if os.environ.get("TINYZIP_REGEN_GOLDEN") == "1":
@@ -249,11 +276,36 @@ def test_cap_counts_caps_the_counters_alone_compiled_as_in_numpy() -> None:
         fast.cap_counts(N_MASK + 1)
 
 
+def test_relax_mixer_moves_the_weights_alone_back_toward_their_start() -> None:
+    cm = ContextMixPredictor(external_input=True, compiled=False, **SMALL)
+    cm.reset()
+    start = cm._t.copy()
+    rng = np.random.default_rng(5)
+    cm._t[cm._w_off :] += rng.integers(-50_000, 50_000, cm._t.size - cm._w_off)
+    learned = cm._t.copy()
+    cm.relax_mixer(8)
+    assert np.array_equal(cm._t, learned)  # 8 eighths: all kept
+    cm.relax_mixer(4)
+    ab, ext = slice(cm._w_off, cm._wx_off), slice(cm._wx_off, cm._ext_w_off)
+    init = cm.mixer_init // 2
+    assert np.array_equal(cm._t[ab], init + (learned[ab] - init) // 2)
+    assert np.array_equal(cm._t[ext], learned[ext] // 2)  # the extra sets start at 0
+    assert np.array_equal(cm._t[: cm._w_off], learned[: cm._w_off])  # counters, APMs stay
+    assert np.array_equal(cm._t[cm._ext_w_off :], learned[cm._ext_w_off :])  # external too
+    cm.relax_mixer(0)
+    assert np.array_equal(cm._t[: cm._ext_w_off], start[: cm._ext_w_off])
+    for bad in (-1, 9):
+        with pytest.raises(ValueError, match="keep"):
+            cm.relax_mixer(bad)
+
+
 def test_the_default_primed_descriptors_have_codes() -> None:
     from tinyzip.coder.container import FileHeader
 
     for preset in ("l3-2026-12o+external", "l1-2026-12+external"):
-        for cap in ({}, {"primer_counts": 1}):  # before the count cap, and since
+        # before the count cap, and since (level 3: the mixer relaxed after the primer too)
+        relaxed = [{"primer_counts": 1, "primer_mixer": 4}] if preset.startswith("l3") else []
+        for cap in ({}, {"primer_counts": 1}, *relaxed):
             desc = {"name": "cm+transformer", "name_hint": "m", "primed": True,
                     "cm": {"name": "cm", "preset": preset, "version": 1}, **cap}
             head = FileHeader(bytes(32), 1 << 19, 1000, desc).to_bytes()
