@@ -181,27 +181,22 @@ def test_primed_flag_and_descriptor_tampering(paths: tuple[Path, Path]) -> None:
         from_descriptor({**desc, "primed": False}, ck)
     with pytest.raises(CorruptInputError, match="no primer"):
         from_descriptor(desc, load_checkpoint(plain))
-    # the count cap: a small int, only beside the primer; absent in archives before it
-    assert desc["primer_counts"] == mixed(primed).primer_counts == 1
-    legacy = {k: v for k, v in desc.items() if k != "primer_counts"}
-    assert from_descriptor(legacy, ck).primer_counts is None
-    assert from_descriptor({**desc, "primer_counts": 7}, ck).descriptor()["primer_counts"] == 7
-    for bad in (-1, 1024, "2", True, 2.0, None, [2]):
-        with pytest.raises(CorruptInputError, match="primer_counts"):
-            from_descriptor({**desc, "primer_counts": bad}, ck)
-    with pytest.raises(CorruptInputError, match="primer_counts"):
-        from_descriptor({**mixed(primed, primed=False).descriptor(), "primer_counts": 2}, ck)
-    # the mixer relaxed after it: eighths kept, 0..8, only beside the primer
-    assert desc["primer_mixer"] == mixed(primed).primer_mixer == 4
-    legacy = {k: v for k, v in desc.items() if k != "primer_mixer"}
-    assert from_descriptor(legacy, ck).primer_mixer is None
-    assert "primer_mixer" not in from_descriptor(legacy, ck).descriptor()
-    assert from_descriptor({**desc, "primer_mixer": 8}, ck).descriptor()["primer_mixer"] == 8
-    for bad in (-1, 9, "4", True, 4.0, None, [4]):
-        with pytest.raises(CorruptInputError, match="primer_mixer"):
-            from_descriptor({**desc, "primer_mixer": bad}, ck)
-    with pytest.raises(CorruptInputError, match="primer_mixer"):
-        from_descriptor({**mixed(primed, primed=False).descriptor(), "primer_mixer": 4}, ck)
+    # the count cap and the relaxed mixer (eighths kept): small ints, only beside the
+    # primer; absent in archives before them
+    for key, now, other, bads in (
+        ("primer_counts", 1, 7, (-1, 1024, "2", True, 2.0, None, [2])),
+        ("primer_mixer", 4, 8, (-1, 9, "4", True, 4.0, None, [4])),
+    ):
+        assert desc[key] == getattr(mixed(primed), key) == now
+        legacy = {k: v for k, v in desc.items() if k != key}
+        assert getattr(from_descriptor(legacy, ck), key) is None
+        assert key not in from_descriptor(legacy, ck).descriptor()
+        assert from_descriptor({**desc, key: other}, ck).descriptor()[key] == other
+        for bad in bads:
+            with pytest.raises(CorruptInputError, match=key):
+                from_descriptor({**desc, key: bad}, ck)
+        with pytest.raises(CorruptInputError, match=key):
+            from_descriptor({**mixed(primed, primed=False).descriptor(), key: now}, ck)
 
 
 def test_the_mixer_is_relaxed_by_default_at_level_3_alone(paths: tuple[Path, Path]) -> None:
