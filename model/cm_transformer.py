@@ -44,8 +44,8 @@ PRIMER_COUNTS = 1
 #: (relax_mixer): the primer's lines are each new, a log's lines repeat, so the mixer's
 #: trust must come mostly from the file (held-out sets, cm alone: 470,786 -> 467,946
 #: bytes; docs/context_mix.md, "The mixer after the primer"). Archives before it have no
-#: "primer_mixer" key and keep the mixer as learned. Level 1 (--adapt fast) keeps it: with
-#: its few contexts relaxing cost 0.12% on held-out kafka (111,666 -> 111,802 bytes).
+#: "primer_mixer" key and keep the mixer as learned, as level 1 (--adapt fast) does: with
+#: its few contexts, relaxing cost 0.12% on held-out kafka (111,666 -> 111,802 bytes).
 PRIMER_MIXER = 4
 #: cm's state after a primer, kept for the process once the same primer was learned twice
 #: (a second archive with the same model: tinyzip -r, the API, decoding what was just
@@ -319,7 +319,9 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
     ):
         raise CorruptInputError(f"cm+transformer archive with primer_counts={counts!r}")
     keep = descriptor.get("primer_mixer")
-    if "primer_mixer" in descriptor and (type(keep) is not int or not 0 <= keep <= 8 or not primed):
+    if "primer_mixer" in descriptor and (
+        type(keep) is not int or not 0 <= keep <= 8 or not primed
+    ):
         raise CorruptInputError(f"cm+transformer archive with primer_mixer={keep!r}")
     pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed, primer_counts=counts,
                                   primer_mixer=keep)

@@ -163,8 +163,9 @@ def test_the_plain_numpy_reference_gives_the_compiled_bytes(monkeypatch: pytest.
                                                             ) -> None:
     # numpy engine and numpy cm (lockstep, the primer, its count cap and the relaxed
     # mixer included) instead of the C kernels: the same archive. A short input and a
-    # 16 KiB primer prefix keep it to minutes (the whole 64 KiB prefix took half an hour); the compiled archive of
-    # the real settings is pinned by test_default_archive_bytes_are_pinned_across_threads.
+    # 16 KiB primer prefix keep it to minutes (the whole 64 KiB prefix took half an
+    # hour); the compiled archive of the real settings is pinned by
+    # test_default_archive_bytes_are_pinned_across_threads.
     from tinyzip.model import cm_transformer
     from tinyzip.model import primer as primer_mod
 
