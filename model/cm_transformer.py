@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from tinyzip.model.checkpoint import Checkpoint
-from tinyzip.model.context_mix import LEVELS, N_MASK, ContextMixPredictor
+from tinyzip.model.context_mix import N_MASK, ContextMixPredictor
 from tinyzip.model.predictor import Predictor
 from tinyzip.model.primer import learned_part
 from tinyzip.model.transformer_predictor import TransformerPredictor
@@ -101,7 +101,7 @@ class CmTransformerPredictor(Predictor):
             raise UsageError(f"primed=True, but {checkpoint.name} has no primer")
         self.primer_counts = primer_counts if self.primed else None
         if primer_mixer == "auto":
-            primer_mixer = None if tuple(cm.contexts) in (LEVELS[1], LEVELS[2]) else PRIMER_MIXER
+            primer_mixer = None if cm.low_level else PRIMER_MIXER
         if primer_mixer is not None and not isinstance(primer_mixer, int):
             raise UsageError(f"primer_mixer must be an int, None or 'auto', got {primer_mixer!r}")
         self.primer_mixer = primer_mixer if self.primed else None
@@ -313,18 +313,13 @@ def from_descriptor(descriptor: dict[str, Any], checkpoint: Checkpoint) -> CmTra
     if not isinstance(primed, bool) or (primed and not checkpoint.primer):
         raise CorruptInputError(f"cm+transformer archive with primed={primed!r}, and "
                                 f"{checkpoint.name} has {'a' if checkpoint.primer else 'no'} primer")
-    counts = descriptor.get("primer_counts")
-    if "primer_counts" in descriptor and (
-        type(counts) is not int or not 0 <= counts <= N_MASK or not primed
-    ):
-        raise CorruptInputError(f"cm+transformer archive with primer_counts={counts!r}")
-    keep = descriptor.get("primer_mixer")
-    if "primer_mixer" in descriptor and (
-        type(keep) is not int or not 0 <= keep <= 8 or not primed
-    ):
-        raise CorruptInputError(f"cm+transformer archive with primer_mixer={keep!r}")
-    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed, primer_counts=counts,
-                                  primer_mixer=keep)
+    # what cm does after the primer: small ints, only beside it; absent (None) in older archives
+    after: dict[str, int | None] = {}
+    for key, top in (("primer_counts", N_MASK), ("primer_mixer", 8)):
+        value = after[key] = descriptor.get(key)
+        if key in descriptor and (type(value) is not int or not 0 <= value <= top or not primed):
+            raise CorruptInputError(f"cm+transformer archive with {key}={value!r}")
+    pred = CmTransformerPredictor(checkpoint, cm=cm, primed=primed, **after)
     # archives written before 2026-12 also name the checkpoint inside the descriptor
     legacy = {**pred.descriptor(), "model_id": checkpoint.model_id_hex}
     if descriptor not in (pred.descriptor(), legacy):

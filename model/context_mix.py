@@ -412,6 +412,7 @@ class ContextMixPredictor(Predictor):
         # levels 1 and 2 learn best at a constant rate (below), and keep the counter rate
         # and first weights they had before level 3 retuned them (PRESETS["l3-2026-12g"])
         low_level = contexts in (LEVELS[1], LEVELS[2])
+        self.low_level = low_level
         if mixer_decay is None:
             mixer_decay = 0 if low_level else MIXER_DECAY
         if counter_offset is None:
