@@ -1,7 +1,7 @@
 """Whole-archive throughput of a model on a corpus: tinyzip.compress / decompress per file.
 
     python benchmarks/bench_model_throughput.py --model CKPT.tzm [--model cm ...]
-        [--adapt none|fast|max] [--repeats 3] [--threads 2] [--fresh] [--json OUT] [--md OUT] PATHS...
+        [--adapt none|fast|max] [--repeats 3] [--threads 2] [--fresh] [--no-disk-cache] [--json OUT] [--md OUT] PATHS...
 
 Each file is compressed alone (the CLI's default streams and frame size), decompressed and
 checked; a run's KB/s is the corpus bytes over the summed wall-clock seconds of that
@@ -71,12 +71,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for the engine")
     p.add_argument("--fresh", action="store_true",
-                   help="every archive learns the model's primer anew, as a process per file "
-                        "does (default: the process keeps it once learned twice)")
+                   help="every archive starts without the state the process kept after the "
+                        "model's primer, as a process per file does: it loads it from the disk "
+                        "cache (model/primed_cache.py), or learns it with --no-disk-cache "
+                        "(default: the process keeps it once learned twice)")
+    p.add_argument("--no-disk-cache", action="store_true",
+                   help="TINYZIP_CACHE_DIR=off: no primed state from disk, as on a machine's "
+                        "first archive")
     p.add_argument("--json")
     p.add_argument("--md")
     args = p.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.no_disk_cache:
+        os.environ["TINYZIP_CACHE_DIR"] = "off"
     files = _files(args.paths)
     rows = []
     for model in args.model:
@@ -85,6 +92,7 @@ def main() -> None:
         row = {
             "model": model, "adapt": args.adapt, "files": len(files), "bytes": runs[0]["bytes"],
             "bpb": runs[0]["bpb"], "threads": args.threads, "fresh": args.fresh,
+            "disk_cache": not args.no_disk_cache,
             "compress_kbps": statistics.median(r["compress_kbps"] for r in runs),
             "decompress_kbps": statistics.median(r["decompress_kbps"] for r in runs),
             "runs": runs, "load_before": load_before, "load_after": os.getloadavg()[0],
@@ -100,7 +108,11 @@ def main() -> None:
                  "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for r in rows:
             per = ", ".join(f"{x['compress_kbps']:.1f} / {x['decompress_kbps']:.1f}" for x in r["runs"])
-            name = r["model"] + (" (--fresh: the primer learned anew per archive)" if r["fresh"] else "")
+            name = r["model"] + (
+                "" if not r["fresh"] else " (--fresh: the primer's state from the disk cache "
+                "per archive)" if r.get("disk_cache", False) else " (--fresh: the primer learned "
+                "anew per archive)"
+            )
             lines.append(f"| {name} | {r['adapt'] or 'default'} | {r['files']} | {r['bytes']:,} | {r['bpb']:.4f} | "
                          f"{r['compress_kbps']:.1f} | {r['decompress_kbps']:.1f} | {per} | "
                          f"{r['load_before']:.2f} -> {r['load_after']:.2f} |")

@@ -24,6 +24,7 @@ import json
 from typing import Any
 
 import numpy as np
+from tinyzip.model import primed_cache
 from tinyzip.model.checkpoint import Checkpoint
 from tinyzip.model.context_mix import N_MASK, ContextMixPredictor
 from tinyzip.model.predictor import Predictor
@@ -149,16 +150,36 @@ class CmTransformerPredictor(Predictor):
         begin(0) then forgets: the data starts as a fresh stream at position 0, with only
         what the shared tables learned. The checkpoint's input is left out (uniform tables, whose
         input is 0): it was trained on the primer, and trust learned there would mislead
-        the mixer on data the checkpoint never saw."""
+        the mixer on data the checkpoint never saw.
+
+        The state does not depend on the data: kept for the process (_primed_states) and,
+        for the whole primer and the least part of it, on disk (model/primed_cache.py)."""
         if not self.primed:
             return
-        part = learned_part(self.checkpoint.primer, self._size)
+        primer = self.checkpoint.primer
+        part = learned_part(primer, self._size)
         key = (self.checkpoint.model_id, json.dumps(self.cm.descriptor(), sort_keys=True),
                len(part), self.primer_counts, self.primer_mixer)
         kept = _primed_states.get(key)
         if kept is not None:
             self.cm.load_shared_state(kept)
             return
+        # other parts (inputs of 16-32 KB) would each fill the disk cache with one more entry
+        on_disk = len(part) in (len(primer), len(learned_part(primer, 0)))
+        disk_key = primed_cache.entry_key(key) if on_disk else ""
+        path = primed_cache.entry_path(disk_key) if on_disk else None
+        if path is None or not primed_cache.load(path, disk_key, self.cm.shared_tables()):
+            self._learn(part)
+            if path is not None:
+                primed_cache.save(path, disk_key, self.cm.shared_tables(), self.cm.fresh_values)
+        if key in _primed_states:  # seen twice: keep it (the first time only notes it)
+            _primed_states[key] = self.cm.shared_state()
+        else:
+            _primed_states.clear()
+            _primed_states[key] = None
+
+    def _learn(self, part: bytes) -> None:
+        """cm learns ``part`` of the primer, then caps its counts and relaxes its mixer."""
         grid = np.unpackbits(np.frombuffer(part, dtype=np.uint8))[None, :]
 
         # one block of uniform tables, handed out as views: uint32 tables are read in
@@ -188,11 +209,6 @@ class CmTransformerPredictor(Predictor):
         # has learned how far to trust it (held-out loghub: 111,870 bytes at the usual
         # 1/4, 111,578 from 0, cm alone 111,604)
         self.cm.set_external_weight(PRIMED_EXTERNAL_WEIGHT)
-        if key in _primed_states:  # learned twice: keep it (the first time only notes it)
-            _primed_states[key] = self.cm.shared_state()
-        else:
-            _primed_states.clear()
-            _primed_states[key] = None
 
     def begin(self, n_streams: int) -> None:
         self.cm.begin(n_streams)

@@ -713,40 +713,72 @@ class ContextMixPredictor(Predictor):
     # -------------------------------------------------------------------- state
 
     def reset(self) -> None:
-        # Refill in place: a fresh array beside the old one would double peak memory.
-        t = getattr(self, "_t", None)
-        if t is None or t.size != self._table_size:
-            t = np.empty(self._table_size, dtype=np.int64)
-        t.fill(P_HALF << N_BITS)  # p = 1/2, n = 0
+        for name, (size, runs) in self._fresh_layout().items():
+            table = getattr(self, name, None)
+            if name == "_t" and table is not None and table.size == size:
+                pass  # refill in place: a fresh array beside the old one would double peak memory
+            elif all(p.size == 1 and p[0] == 0 for _, _, p in runs):
+                table = np.zeros(size, dtype=np.int64)  # (calloc: pages untouched cost nothing)
+            else:
+                table = np.empty(size, dtype=np.int64)
+            for start, end, pattern in runs:
+                table[start:end].reshape(-1, pattern.size)[:] = pattern
+            setattr(self, name, table)
+        self.begin(0)
+
+    def _fresh_layout(self) -> dict[str, tuple[int, list[tuple[int, int, np.ndarray]]]]:
+        """What ``reset`` writes into each shared table: its size, and runs (start, end,
+        pattern) that together cover it, each holding its pattern repeated."""
+
+        def const(value: int) -> np.ndarray:
+            return np.array([value], dtype=np.int64)
+
         # APM tables start as the identity map: point j holds squash of its stretch value.
         xs = np.clip(np.arange(APM_POINTS) * 4096 // (APM_POINTS - 1) - 2048, -2047, 2047)
-        ident = (SQUASH[xs + 2048] << (P_BITS - 12)) << N_BITS
-        t[self._apm1_off : self._apm2_off] = np.tile(ident, 256)
-        t[self._apm2_off : self._w_off] = np.tile(ident, 1 << 16)
-        t[self._w_off : self._wx_off] = self.mixer_init // 2  # sets A and B add up to it
-        t[self._wx_off : self._ext_w_off] = 0  # the extra sets start as no correction
-        t[self._ext_w_off :] = EXT_WEIGHT_INIT
-        self._t = t
-        # The indirect table (ind2): the last two bytes that followed each pair of bytes,
-        # shared by the streams and learned like the counters.
-        self._ind2 = np.zeros(IND2_SIZE, dtype=np.int64)
-        # ind1 and ind4 likewise: the last three bytes that followed each byte, and the
-        # last two that followed each last four bytes (by a hash, IND4_BITS)
-        self._ind1 = np.zeros(256, dtype=np.int64)
-        self._ind4 = np.zeros(1 << IND4_BITS, dtype=np.int64)  # (calloc: pages untouched
-        # without the context cost nothing)
-        # apm_match's table, shared like the others, starting as the identity map
-        self._apm3 = np.tile(ident, APM3_SIZE if self.apm_match else 0)
-        self._apm4 = np.tile(ident, APM4_SIZE if self.apm_miss else 0)  # apm_miss's, alike
-        self.begin(0)
+        ident = ((SQUASH[xs + 2048] << (P_BITS - 12)) << N_BITS).astype(np.int64)
+        n3 = APM_POINTS * (APM3_SIZE if self.apm_match else 0)  # apm_match's table
+        n4 = APM_POINTS * (APM4_SIZE if self.apm_miss else 0)  # apm_miss's, alike
+        return {
+            "_t": (self._table_size, [
+                (0, self._apm1_off, const(P_HALF << N_BITS)),  # counters: p = 1/2, n = 0
+                (self._apm1_off, self._apm2_off, ident),
+                (self._apm2_off, self._w_off, ident),
+                (self._w_off, self._wx_off, const(self.mixer_init // 2)),  # A + B: mixer_init
+                (self._wx_off, self._ext_w_off, const(0)),  # the extra sets: no correction
+                (self._ext_w_off, self._table_size, const(EXT_WEIGHT_INIT)),
+            ]),
+            # The indirect tables, shared by the streams and learned like the counters:
+            # ind2, the last two bytes that followed each pair of bytes; ind1 the last
+            # three that followed each byte; ind4 the last two that followed each last
+            # four bytes (by a hash, IND4_BITS).
+            "_ind1": (256, [(0, 256, const(0))]),
+            "_ind2": (IND2_SIZE, [(0, IND2_SIZE, const(0))]),
+            "_ind4": (1 << IND4_BITS, [(0, 1 << IND4_BITS, const(0))]),
+            "_apm3": (n3, [(0, n3, ident)]),
+            "_apm4": (n4, [(0, n4, ident)]),
+        }  # fmt: skip
+
+    def fresh_values(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Entries ``lo``..``hi``-1 of shared table ``name`` as ``reset`` leaves them."""
+        out = np.empty(hi - lo, dtype=np.int64)
+        for start, end, pattern in self._fresh_layout()[name][1]:
+            a, b = max(start, lo), min(end, hi)
+            if a < b:  # the pattern from entry a on, repeated
+                first = np.roll(pattern, -((a - start) % pattern.size))
+                out[a - lo : b - lo] = np.tile(first, -(-(b - a) // first.size))[: b - a]
+        return out
 
     #: The arrays ``reset`` makes: all that a frame passes on to the next one besides the
     #: per-stream histories (which ``begin`` remakes unless it carries them on).
     SHARED_STATE = ("_t", "_ind1", "_ind2", "_ind4", "_apm3", "_apm4")
 
+    def shared_tables(self) -> dict[str, np.ndarray]:
+        """The shared tables themselves (changing them changes the predictor)."""
+        return {name: getattr(self, name) for name in self.SHARED_STATE}
+
     def shared_state(self) -> dict[str, np.ndarray]:
         """Copies of the shared tables (see ``load_shared_state``)."""
-        return {name: getattr(self, name).copy() for name in self.SHARED_STATE}
+        return {name: table.copy() for name, table in self.shared_tables().items()}
 
     def load_shared_state(self, state: dict[str, np.ndarray]) -> None:
         """Overwrite the shared tables, in place, with ``shared_state()``'s copies: after

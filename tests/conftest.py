@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from tinyzip.model.predictor import Predictor
+
+# Tests learn every primer: a state from the disk cache (model/primed_cache.py) would hide
+# a change to learning. tests/test_primed_cache.py turns it on in folders of its own.
+os.environ["TINYZIP_CACHE_DIR"] = "off"
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "corpus"
