@@ -58,8 +58,8 @@ subcommands:
 environment:
   TINYZIP_CACHE_DIR  where cm's state after a model's primer is kept between runs, so
                      that only a machine's first archive per model learns it (~1 s);
-                     default $XDG_CACHE_HOME/tinyzip or ~/.cache/tinyzip, 60-100 MB a
-                     model; 'off' keeps nothing. Archives are the same either way.
+                     default $XDG_CACHE_HOME/tinyzip or ~/.cache/tinyzip, about 110 MB
+                     a model; 'off' keeps nothing. Archives are the same either way.
 
 exit status: 0 success, 1 error (one line on stderr: 'tinyzip: FILE: reason'), 2 warning.
 """
@@ -115,11 +115,11 @@ def _build_parser(action: str | None) -> argparse.ArgumentParser:
                         help="online learning while coding (recorded in the archive: decoding "
                         "needs no flag). 'max' (default) mixes a byte-level checkpoint's "
                         "predictions into cm, which learns the file as it goes: the best ratio; "
-                        "about 55-70 KB/s compressing and 45-55 decompressing on 2 cores with "
-                        "the default model on files of 150-600 KB, its primer (which cm learns "
-                        "first, about 1.3 s each way on a machine's first archive; later ones "
-                        "load it from TINYZIP_CACHE_DIR) included; a small checkpoint is slower (one engine "
-                        "step per byte). "
+                        "about 95 KB/s compressing and 65-70 decompressing on 2 cores with the "
+                        "default model on files of 150-600 KB, its primer included: cm learns "
+                        "it first, about 1.3 s each way on a machine's first archive (there "
+                        "65 and 50 KB/s), which keeps the result in TINYZIP_CACHE_DIR for "
+                        "later ones; a small checkpoint is slower (one engine step per byte). "
                         "'fast': the same with a lighter cm, ~13%% "
                         "larger, ~20%% faster compressing (decompressing is bound by the "
                         "checkpoint). 'none': the checkpoint alone, frozen: fast with many "
