@@ -9,8 +9,8 @@ about 0.15 s instead.
 
 An entry holds the table entries that differ from cm's fresh ones (the default: 7.7 M
 of 35 M, 62 MB instead of 283), and the SHA-256 of its body. An entry that is truncated,
-corrupt, for other tables or from another version is never loaded: cm learns the primer
-and the entry is written anew. Entries are written to a temporary file and renamed into
+corrupt, for other tables, from another version or owned by another user is never
+loaded: cm learns the primer and the entry is written anew. Entries are written to a temporary file and renamed into
 place, so a reader never sees half of one, and concurrent writers each leave a whole one.
 
 Where: ``$TINYZIP_CACHE_DIR``, else ``$XDG_CACHE_HOME/tinyzip``, else
@@ -78,6 +78,8 @@ def load(path: Path, key: str, tables: dict[str, np.ndarray]) -> bool:
     in place) and return True; False, with ``tables`` untouched, when there is no valid
     entry for ``key`` there."""
     try:
+        if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+            return False  # another user's file (a shared TINYZIP_CACHE_DIR): never trusted
         blob = path.read_bytes()
     except OSError:
         return False

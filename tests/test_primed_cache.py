@@ -42,6 +42,11 @@ def never_learn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CmTransformerPredictor, "_learn", fail)
 
 
+def zeros(name: str, lo: int, hi: int) -> np.ndarray:
+    """Fresh values of a test table: all 0."""
+    return np.zeros(hi - lo, dtype=np.int64)
+
+
 def learned_state(primed: Path) -> dict[str, np.ndarray]:
     """cm's shared tables after reset, learned with the cache off."""
     os.environ[primed_cache.ENV] = "off"  # (the test's monkeypatch restores it)
@@ -138,6 +143,17 @@ def test_a_bad_entry_is_learned_anew_and_rewritten(
     assert tinyzip.decompress(good, model=mixed(primed)) == LOG
 
 
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file owners")
+def test_another_users_entry_is_not_trusted(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = primed_cache.entry_path("k")
+    primed_cache.save(path, "k", {"a": np.arange(10, dtype=np.int64)}, zeros)
+    assert primed_cache.load(path, "k", {"a": np.zeros(10, dtype=np.int64)})
+    monkeypatch.setattr(os, "getuid", lambda: path.stat().st_uid + 1)
+    assert not primed_cache.load(path, "k", {"a": np.zeros(10, dtype=np.int64)})
+
+
 def test_a_cache_that_cannot_be_written_is_skipped(
     paths: tuple[Path, Path], cache: Path
 ) -> None:
@@ -173,7 +189,6 @@ def test_the_least_recently_used_entries_go_first(
 ) -> None:
     monkeypatch.setattr(primed_cache, "MAX_ENTRIES", 2)
     tables = {"a": np.arange(10, dtype=np.int64)}
-    zeros = lambda name, lo, hi: np.zeros(hi - lo, dtype=np.int64)  # noqa: E731
     paths = [primed_cache.entry_path(f"k{i}") for i in range(3)]
     for i, path in enumerate(paths[:2]):
         primed_cache.save(path, f"k{i}", tables, zeros)
