@@ -54,6 +54,8 @@ def cache_dir() -> Path | None:
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "none") else Path(value)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base):  # no home to expand: never a folder in the working directory
+        return None
     return Path(base) / "tinyzip"
 
 

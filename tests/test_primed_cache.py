@@ -63,6 +63,9 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert primed_cache.cache_dir() == tmp_path / "home" / ".cache" / "tinyzip"
+    with monkeypatch.context() as m:
+        m.setattr(os.path, "expanduser", lambda p: p)  # no home at all
+        assert primed_cache.cache_dir() is None
     for off in ("off", "", "0", "None"):
         monkeypatch.setenv(primed_cache.ENV, off)
         assert primed_cache.cache_dir() is None
