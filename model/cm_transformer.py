@@ -48,13 +48,15 @@ PRIMER_COUNTS = 1
 #: "primer_mixer" key and keep the mixer as learned, as level 1 (--adapt fast) does: with
 #: its few contexts, relaxing cost 0.12% on held-out kafka (111,666 -> 111,802 bytes).
 PRIMER_MIXER = 4
-#: cm's state after a primer, kept for the process once the same primer was learned twice
-#: (a second archive with the same model: tinyzip -r, the API, decoding what was just
-#: coded): (checkpoint id, cm descriptor, bytes learned, count cap, mixer kept) -> the
-#: shared tables.
-#: One entry, about 270 MB with the default cm; a single archive keeps nothing.
+#: cm's state after a primer, kept for the process once it was used twice (a second
+#: archive with the same model: tinyzip -r, the API, decoding what was just coded), as
+#: its differences from the fresh tables (primed_cache.Entry: 62 MB for the default's
+#: whole primer, not 283): (checkpoint id, cm descriptor, bytes learned, count cap, mixer
+#: kept) -> the entry, or None when used once. The most recent KEPT_STATES are kept (a
+#: run of small and large files uses two).
 _primed_states: dict[tuple[bytes, str, int, int | None, int | None],
-                     dict[str, np.ndarray] | None] = {}
+                     primed_cache.Entry | None] = {}
+KEPT_STATES = 2
 
 
 def forget_primed_states() -> None:
@@ -152,31 +154,38 @@ class CmTransformerPredictor(Predictor):
         input is 0): it was trained on the primer, and trust learned there would mislead
         the mixer on data the checkpoint never saw.
 
-        The state does not depend on the data: kept for the process (_primed_states) and,
-        for the whole primer and the least part of it, on disk (model/primed_cache.py)."""
+        The state does not depend on the data: for the whole primer and the least part of
+        it, it is kept on disk (model/primed_cache.py), and a process that uses it twice
+        keeps it in memory (_primed_states)."""
         if not self.primed:
             return
         primer = self.checkpoint.primer
         part = learned_part(primer, self._size)
         key = (self.checkpoint.model_id, json.dumps(self.cm.descriptor(), sort_keys=True),
                len(part), self.primer_counts, self.primer_mixer)
+        tables = self.cm.shared_tables()
         kept = _primed_states.get(key)
         if kept is not None:
-            self.cm.load_shared_state(kept)
+            primed_cache.apply(kept, tables)
+            _primed_states[key] = _primed_states.pop(key)  # the most recently used: last
             return
         # other parts (inputs of 16-32 KB) would each fill the disk cache with one more entry
         on_disk = len(part) in (len(primer), len(learned_part(primer, 0)))
         disk_key = primed_cache.entry_key(key) if on_disk else ""
         path = primed_cache.entry_path(disk_key) if on_disk else None
-        if path is None or not primed_cache.load(path, disk_key, self.cm.shared_tables()):
+        entry = primed_cache.load(path, disk_key, tables) if path is not None else None
+        if entry is None:
             self._learn(part)
-            if path is not None:
-                primed_cache.save(path, disk_key, self.cm.shared_tables(), self.cm.fresh_values)
-        if key in _primed_states:  # seen twice: keep it (the first time only notes it)
-            _primed_states[key] = self.cm.shared_state()
-        else:
-            _primed_states.clear()
-            _primed_states[key] = None
+            if path is not None or key in _primed_states:  # kept on disk, or used before
+                entry = primed_cache.differences(tables, self.cm.fresh_values)
+                if path is not None and entry is not None:
+                    primed_cache.save(path, disk_key, entry)
+        # used before: keep it for the next archive (a single archive keeps nothing)
+        used_before = key in _primed_states
+        _primed_states.pop(key, None)
+        _primed_states[key] = entry if used_before else None
+        while len(_primed_states) > KEPT_STATES:
+            del _primed_states[next(iter(_primed_states))]
 
     def _learn(self, part: bytes) -> None:
         """cm learns ``part`` of the primer, then caps its counts and relaxes its mixer."""

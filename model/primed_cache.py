@@ -43,7 +43,7 @@ MAX_ENTRIES = 6
 #: A temporary file older than this is a writer that died: removed on the next save.
 STALE_TMP_S = 3600
 _HEADER_MAX = 1 << 20
-_PIECE = 1 << 22  # table entries compared at a time by save
+_PIECE = 1 << 22  # table entries compared at a time by differences
 _U32 = np.dtype("<u4")
 _I64 = np.dtype("<i8")
 
@@ -76,32 +76,70 @@ def entry_path(key: str) -> Path | None:
     return where / (hashlib.sha256(key.encode()).hexdigest()[:32] + SUFFIX)
 
 
-def load(path: Path, key: str, tables: dict[str, np.ndarray]) -> bool:
+#: cm's state after a primer as its differences from the fresh tables: per table, its
+#: size and four lists of arrays (indices and values that fit 32 bits unsigned, then
+#: indices and int64 values of the rest), the lists' pieces in order.
+Entry = dict[str, tuple[int, list[np.ndarray], list[np.ndarray], list[np.ndarray],
+                        list[np.ndarray]]]
+
+
+def differences(tables: dict[str, np.ndarray],
+                fresh: Callable[[str, int, int], np.ndarray]) -> Entry | None:  # fmt: skip
+    """``tables`` (cm after the primer) as their differences from ``fresh(name, lo, hi)``,
+    entries lo..hi-1 of a table as cm's reset leaves them, compared in pieces so that
+    memory does not grow by a copy of the tables; None if a table is too large."""
+    entry: Entry = {}
+    for name in sorted(tables):
+        table = tables[name]
+        if table.size >= 1 << 32:
+            return None
+        kinds: list[list[np.ndarray]] = [[], [], [], []]
+        for lo in range(0, table.size, _PIECE):
+            hi = min(table.size, lo + _PIECE)
+            idx = lo + np.flatnonzero(table[lo:hi] != fresh(name, lo, hi))
+            values = table[idx]
+            small = (values >= 0) & (values < 1 << 32)  # most: counters, non-negative
+            kinds[0].append(idx[small].astype(_U32))
+            kinds[1].append(values[small].astype(_U32))
+            kinds[2].append(idx[~small].astype(_U32))
+            kinds[3].append(values[~small].astype(_I64))
+        entry[name] = (int(table.size), *kinds)
+    return entry
+
+
+def apply(entry: Entry, tables: dict[str, np.ndarray]) -> None:
+    """Write ``entry`` into ``tables``, cm's freshly reset shared tables (in place)."""
+    if sorted(entry) != sorted(tables) or any(entry[n][0] != tables[n].size for n in entry):
+        raise ValueError("a primed state for other tables")
+    for name, (_, idx32, val32, idx64, val64) in entry.items():
+        table = tables[name]
+        for idx, values in (*zip(idx32, val32), *zip(idx64, val64)):
+            table[idx] = values
+
+
+def load(path: Path, key: str, tables: dict[str, np.ndarray]) -> Entry | None:
     """Write ``path``'s entry into ``tables`` (cm's freshly reset shared tables, changed
-    in place) and return True; False, with ``tables`` untouched, when there is no valid
+    in place) and return it; None, with ``tables`` untouched, when there is no valid
     entry for ``key`` there."""
     try:
         if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
-            return False  # another user's file (a shared TINYZIP_CACHE_DIR): never trusted
+            return None  # another user's file (a shared TINYZIP_CACHE_DIR): never trusted
         blob = path.read_bytes()
     except OSError:
-        return False
-    parsed = _parse(blob, key, tables)
-    if parsed is None:
-        return False
-    for name, (idx32, val32, idx64, val64) in parsed.items():
-        table = tables[name]
-        table[idx32] = val32
-        table[idx64] = val64
+        return None
+    entry = _parse(blob, key, tables)
+    if entry is None:
+        return None
+    apply(entry, tables)
     try:
         os.utime(path)  # recently used: kept longest
     except OSError:
         pass
-    return True
+    return entry
 
 
-def _parse(blob: bytes, key: str, tables: dict[str, np.ndarray]) -> dict[str, tuple] | None:
-    """The entry's arrays, each checked against ``tables``; None if anything is off."""
+def _parse(blob: bytes, key: str, tables: dict[str, np.ndarray]) -> Entry | None:
+    """The entry in ``blob``, each array checked against ``tables``; None if anything is off."""
     n_magic = len(MAGIC)
     if len(blob) < n_magic + 8 or blob[:n_magic] != MAGIC:
         return None
@@ -116,7 +154,7 @@ def _parse(blob: bytes, key: str, tables: dict[str, np.ndarray]) -> dict[str, tu
         ok = ok and hashlib.sha256(body).hexdigest() == header["sha256"]
         if not ok or sorted(a[0] for a in header["arrays"]) != sorted(tables):
             return None
-        out: dict[str, tuple] = {}
+        entry: Entry = {}
         at = 0
         for name, size, n32, n64 in header["arrays"]:
             if size != tables[name].size or min(n32, n64) < 0:
@@ -128,36 +166,21 @@ def _parse(blob: bytes, key: str, tables: dict[str, np.ndarray]) -> dict[str, tu
             for idx in arrays[0], arrays[2]:
                 if idx.size and int(idx.max()) >= size:
                     return None
-            out[name] = tuple(arrays)
-        return out if at == len(body) else None
+            entry[name] = (size, *([a] for a in arrays))
+        return entry if at == len(body) else None
     except (ValueError, KeyError, TypeError):  # bad JSON, fields or lengths
         return None
 
 
-def save(path: Path, key: str, tables: dict[str, np.ndarray],
-         fresh: Callable[[str, int, int], np.ndarray]) -> None:  # fmt: skip
-    """Keep ``tables`` (cm after the primer) as their differences from ``fresh(name, lo,
-    hi)``, entries lo..hi-1 of a table as cm's reset leaves them (compared in pieces, so
-    that the first archive's peak memory does not grow by a copy of the tables). A cache
-    that cannot be written is skipped: archives do not need it."""
+def save(path: Path, key: str, entry: Entry) -> bool:
+    """Write ``entry`` as ``key``'s to ``path``: True when written. A cache that cannot be
+    written is skipped: archives do not need it."""
     header: dict[str, Any] = {"key": key, "arrays": []}
     chunks: list[np.ndarray] = []  # in file order: per table idx32, val32, idx64, val64
-    for name in sorted(tables):
-        table = tables[name]
-        if table.size >= 1 << 32:
-            return
-        kinds: list[list[np.ndarray]] = [[], [], [], []]
-        for lo in range(0, table.size, _PIECE):
-            hi = min(table.size, lo + _PIECE)
-            idx = lo + np.flatnonzero(table[lo:hi] != fresh(name, lo, hi))
-            values = table[idx]
-            small = (values >= 0) & (values < 1 << 32)  # most: counters, non-negative
-            kinds[0].append(idx[small].astype(_U32))
-            kinds[1].append(values[small].astype(_U32))
-            kinds[2].append(idx[~small].astype(_U32))
-            kinds[3].append(values[~small].astype(_I64))
+    for name in sorted(entry):
+        size, *kinds = entry[name]
         n32, n64 = (sum(a.size for a in kinds[i]) for i in (0, 2))
-        header["arrays"].append([name, int(table.size), int(n32), int(n64)])
+        header["arrays"].append([name, size, int(n32), int(n64)])
         chunks += [a for kind in kinds for a in kind]
     digest = hashlib.sha256()
     for c in chunks:
@@ -178,7 +201,8 @@ def save(path: Path, key: str, tables: dict[str, np.ndarray],
             raise
         _evict(path.parent)
     except OSError:
-        pass
+        return False
+    return path.is_file()
 
 
 def _evict(where: Path) -> None:

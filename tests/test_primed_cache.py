@@ -81,11 +81,13 @@ def test_archives_are_the_same_cold_warm_and_off(
     _, primed = paths
     cold = tinyzip.compress(LOG, model=mixed(primed), streams=1)
     (entry,) = entries(cache)
-    cm_transformer.forget_primed_states()
     with monkeypatch.context() as m:
         never_learn(m)
         warm = tinyzip.compress(LOG, model=mixed(primed), streams=1)
-        cm_transformer.forget_primed_states()
+        assert tinyzip.compress(LOG, model=mixed(primed), streams=1) == warm
+        # used twice: the process keeps the entry (the differences, not a copy of the tables)
+        ((_, kept),) = cm_transformer._primed_states.items()
+        assert sorted(kept) == sorted(mixed(primed).cm.SHARED_STATE)
         assert tinyzip.decompress(cold, model=mixed(primed)) == LOG
         cm_transformer.forget_primed_states()
         assert tinyzip.decompress(cold, model=mixed(primed, compiled=False)) == LOG
@@ -151,7 +153,8 @@ def test_another_users_entry_is_not_trusted(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = primed_cache.entry_path("k")
-    primed_cache.save(path, "k", {"a": np.arange(10, dtype=np.int64)}, zeros)
+    primed_cache.save(path, "k", primed_cache.differences({"a": np.arange(10, dtype=np.int64)},
+                                                          zeros))
     assert primed_cache.load(path, "k", {"a": np.zeros(10, dtype=np.int64)})
     monkeypatch.setattr(os, "getuid", lambda: path.stat().st_uid + 1)
     assert not primed_cache.load(path, "k", {"a": np.zeros(10, dtype=np.int64)})
@@ -164,9 +167,11 @@ def test_a_cache_that_cannot_be_written_is_skipped(
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(b"a file where the folder should be")
     blob = tinyzip.compress(LOG, model=mixed(primed), streams=1)
-    cm_transformer.forget_primed_states()
     assert tinyzip.decompress(blob, model=mixed(primed)) == LOG
     assert cache.read_bytes() == b"a file where the folder should be"
+    # learned twice and not on disk: the process keeps it, as with the cache off
+    ((_, kept),) = cm_transformer._primed_states.items()
+    assert kept is not None
 
 
 def test_only_the_whole_primer_and_its_least_part_are_kept(
@@ -191,16 +196,16 @@ def test_the_least_recently_used_entries_go_first(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(primed_cache, "MAX_ENTRIES", 2)
-    tables = {"a": np.arange(10, dtype=np.int64)}
+    entry = primed_cache.differences({"a": np.arange(10, dtype=np.int64)}, zeros)
     paths = [primed_cache.entry_path(f"k{i}") for i in range(3)]
     for i, path in enumerate(paths[:2]):
-        primed_cache.save(path, f"k{i}", tables, zeros)
+        primed_cache.save(path, f"k{i}", entry)
         os.utime(path, (1000 + i, 1000 + i))
     assert primed_cache.load(paths[0], "k0", {"a": np.zeros(10, dtype=np.int64)})  # used now
     stale = cache / "dead-writer.tmp"
     stale.write_bytes(b"half")
     os.utime(stale, (1000, 1000))
-    primed_cache.save(paths[2], "k2", tables, zeros)
+    primed_cache.save(paths[2], "k2", entry)
     assert sorted(p.name for p in cache.iterdir()) == sorted(paths[i].name for i in (0, 2))
 
 
@@ -227,7 +232,8 @@ def test_save_then_load_is_exact_and_any_damaged_byte_refuses(
         for i, v in edits:
             tables[name][i] = v
     path = tmp_path_factory.mktemp("entry") / ("e" + primed_cache.SUFFIX)
-    primed_cache.save(path, "key", tables, fresh_of)
+    entry = primed_cache.differences(tables, fresh_of)
+    assert primed_cache.save(path, "key", entry)
     loaded = {name: fresh_of(name, 0, n) for name, n in sizes.items()}
     assert primed_cache.load(path, "key", loaded)
     for name in tables:
@@ -258,3 +264,28 @@ def test_fresh_values_are_what_reset_leaves(settings_: dict) -> None:
         for lo, hi in ((1, 7), (table.size // 3, table.size // 3 + 5000)):
             lo, hi = min(lo, table.size), min(hi, table.size)
             np.testing.assert_array_equal(cm.fresh_values(name, lo, hi), table[lo:hi])
+
+
+def test_differences_taken_in_pieces_are_the_same_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    tables = {name: fresh_of(name, 0, 100) for name in ("_t", "_w")}
+    for table in tables.values():
+        at = rng.choice(100, 30, replace=False)
+        table[at] = rng.integers(-(1 << 40), 1 << 40, 30)
+    whole = primed_cache.differences(tables, fresh_of)
+    monkeypatch.setattr(primed_cache, "_PIECE", 7)
+    pieces = primed_cache.differences(tables, fresh_of)
+    assert len(pieces["_t"][1]) == 15  # 100 entries in pieces of 7
+    for entry in (whole, pieces):  # in memory ...
+        fresh = {name: fresh_of(name, 0, 100) for name in tables}
+        primed_cache.apply(entry, fresh)
+        for name in tables:
+            np.testing.assert_array_equal(fresh[name], tables[name])
+    # ... and on disk: the same bytes
+    assert primed_cache.save(tmp_path / "a.primed", "k", whole)
+    assert primed_cache.save(tmp_path / "b.primed", "k", pieces)
+    assert (tmp_path / "a.primed").read_bytes() == (tmp_path / "b.primed").read_bytes()
+    with pytest.raises(ValueError):
+        primed_cache.apply(whole, {"_t": np.zeros(100, dtype=np.int64)})
