@@ -108,11 +108,10 @@ def main() -> None:
                  "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for r in rows:
             per = ", ".join(f"{x['compress_kbps']:.1f} / {x['decompress_kbps']:.1f}" for x in r["runs"])
-            name = r["model"] + (
-                "" if not r["fresh"] else " (--fresh: the primer's state from the disk cache "
-                "per archive)" if r.get("disk_cache", False) else " (--fresh: the primer learned "
-                "anew per archive)"
-            )
+            name = r["model"]
+            if r["fresh"]:  # (rows from before the disk cache have no "disk_cache")
+                name += (" (--fresh: the primer's state from the disk cache per archive)"
+                         if r.get("disk_cache") else " (--fresh: the primer learned anew per archive)")
             lines.append(f"| {name} | {r['adapt'] or 'default'} | {r['files']} | {r['bytes']:,} | {r['bpb']:.4f} | "
                          f"{r['compress_kbps']:.1f} | {r['decompress_kbps']:.1f} | {per} | "
                          f"{r['load_before']:.2f} -> {r['load_after']:.2f} |")

@@ -171,7 +171,7 @@ class CmTransformerPredictor(Predictor):
             return
         # other parts (inputs of 16-32 KB) would each fill the disk cache with one more entry
         on_disk = len(part) in (len(primer), len(learned_part(primer, 0)))
-        disk_key = primed_cache.entry_key(key) if on_disk else ""
+        disk_key = primed_cache.entry_key(key)
         path = primed_cache.entry_path(disk_key) if on_disk else None
         entry = primed_cache.load(path, disk_key, tables) if path is not None else None
         if entry is None:
